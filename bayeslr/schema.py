@@ -91,6 +91,7 @@ class ModelShape:
     """'sp' (standard) or 'mup' (maximal-update parameterization)."""
 
     def __post_init__(self) -> None:
+        _canonical_numbers(self)
         _positive(self, "n_params", "n_params_total", "d_model", "n_layers", "n_heads",
                   "d_ff", "vocab_size", "context")
         if self.d_model and self.n_heads and self.d_model % self.n_heads:
@@ -127,6 +128,7 @@ class OptimizerConfig:
     """Gradient clipping threshold on the global L2 norm; None = no clipping."""
 
     def __post_init__(self) -> None:
+        _canonical_numbers(self)
         object.__setattr__(self, "name", normalize_optimizer(self.name, where="optimizer.name"))
         if not _finite(self.lr) or self.lr <= 0:
             raise SchemaError(f"optimizer.lr: expected a finite learning rate > 0, got {self.lr!r}")
@@ -165,6 +167,7 @@ class TrainConfig:
     """WSD branching: id of the stable-phase run this cool-down branched from."""
 
     def __post_init__(self) -> None:
+        _canonical_numbers(self)
         _positive(self, "tokens", "batch_size", "seq_len", "steps")
         _nonnegative(self, "warmup_steps", "min_lr_ratio", "decay_fraction")
         if self.schedule not in KNOWN_SCHEDULES:
@@ -240,6 +243,7 @@ class RunOutcome:
     """Where it ran, e.g. 'cpu', 'cuda:NVIDIA H100'."""
 
     def __post_init__(self) -> None:
+        _canonical_numbers(self)
         _nonnegative(self, "diverged_step", "wall_time_s", "flops")
         if not self.diverged and self.loss is None:
             raise SchemaError("outcome: a run that did not diverge needs final_val_loss or "
@@ -404,6 +408,15 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         _, item = typing.get_args(hint) or (str, Any)
         return {str(k): _coerce(item, v, f"{where}.{k}") for k, v in value.items()}
     raise SchemaError(f"{where}: cannot read a value of type {hint!r}")  # pragma: no cover
+
+
+def _canonical_numbers(obj: Any) -> None:
+    """Store ints given for float fields as floats, so equal configs hash equally."""
+    for name, hint in typing.get_type_hints(type(obj)).items():
+        value = getattr(obj, name)
+        if (hint in (float, float | None) and isinstance(value, int)
+                and not isinstance(value, bool)):
+            object.__setattr__(obj, name, float(value))
 
 
 def _required(spec: Any) -> bool:

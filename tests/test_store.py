@@ -1,0 +1,105 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bayeslr.errors import SchemaError, StoreError
+from bayeslr.schema import RunRecord
+from bayeslr.store import SweepStore, read_run_file
+from tests.conftest import make_record
+
+
+def test_put_writes_one_file_named_by_the_hash(tmp_path, record):
+    store = SweepStore(tmp_path / "sweep")
+    path = store.put(record)
+    assert path.name == f"{record.run_id}.json"
+    assert store.ids() == [record.run_id] and record.config in store
+    assert store.get(record.run_id) == record
+
+
+def test_identical_rewrite_is_a_no_op_and_a_conflict_is_refused(tmp_path, record):
+    store = SweepStore(tmp_path)
+    store.put(record)
+    mtime = store.path_for(record.run_id).stat().st_mtime_ns
+    store.put(record)
+    assert store.path_for(record.run_id).stat().st_mtime_ns == mtime
+    changed = RunRecord(config=record.config, outcome=make_record(loss=9.0).outcome)
+    with pytest.raises(StoreError, match="already stored"):
+        store.put(changed)
+    assert store.get(record.run_id) == record
+
+
+def test_put_many_writes_nothing_when_one_record_conflicts(tmp_path):
+    store = SweepStore(tmp_path)
+    store.put(make_record(lr=1e-3))
+    clash = RunRecord(config=make_record(lr=1e-3).config, outcome=make_record(loss=7.0).outcome)
+    with pytest.raises(StoreError):
+        store.put_many([make_record(lr=2e-3), clash])
+    assert len(store) == 1
+
+
+def test_frame_has_one_row_per_run_with_units_as_documented(tmp_path):
+    store = SweepStore(tmp_path)
+    store.put_many([make_record(lr=lr) for lr in (1e-3, 3e-3)] + [make_record(lr=1e-1,
+                                                                               diverged=True)])
+    frame = store.to_frame()
+    assert len(frame) == 3 and frame["run_id"].is_unique
+    assert frame["config_id"].nunique() == 1
+    assert frame["diverged"].sum() == 1
+    assert frame.loc[frame.diverged, "loss"].isna().all()
+    assert (frame["batch_tokens"] == 16 * 128).all()
+    assert frame["meta.note"].eq("test").all()
+
+
+def test_curves_have_run_and_step_dims(tmp_path):
+    store = SweepStore(tmp_path)
+    store.put_many([make_record(lr=1e-3), make_record(lr=2e-3, curve_points=3)])
+    curves = store.curves()
+    assert curves["train_loss"].dims == ("run", "step")
+    assert curves.sizes == {"run": 2, "step": 5}
+    assert int(curves["train_loss"].isnull().sum()) == 2
+
+
+def test_malformed_file_error_names_the_file(tmp_path, record):
+    store = SweepStore(tmp_path)
+    bad = tmp_path / f"{record.run_id}.json"
+    bad.write_text('{"schema_version": 1, "config": ')
+    with pytest.raises(SchemaError, match=f"{bad.name}: malformed JSON"):
+        list(store.records())
+
+
+def test_store_path_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(StoreError, match="not a directory"):
+        SweepStore(path)
+
+
+WRITER = """
+import sys
+from tests.conftest import make_record
+from bayeslr.store import SweepStore
+store = SweepStore(sys.argv[1])
+for i in range(10_000):
+    store.put(make_record(lr=1e-4 * (1 + i), curve_points=4000))
+"""
+
+
+def test_killing_a_writer_mid_way_leaves_no_partial_run_file(tmp_path):
+    root = tmp_path / "sweep"
+    for delay in (0.6, 0.9, 1.3):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root)],
+                                cwd=os.path.dirname(os.path.dirname(__file__)))
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    files = list(root.glob("*.json"))
+    assert files, "the writer never wrote a run; raise the delays"
+    for path in files:
+        record = read_run_file(path)
+        assert json.loads(path.read_text())["run_id"] == record.run_id
+    assert len(SweepStore(root)) == len(files)
