@@ -235,7 +235,7 @@ def _is_mapped(column: str) -> bool:
 
 def _check_unique(records: list[RunRecord], rows: list[tuple[int, dict]], path: Path) -> None:
     first_line: dict[str, int] = {}
-    for record, (line, _) in zip(records, rows):
+    for record, (line, _) in zip(records, rows, strict=True):
         earlier = first_line.setdefault(record.run_id, line)
         if earlier != line:
             raise ImportCSVError(

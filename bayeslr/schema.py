@@ -13,8 +13,9 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 from bayeslr.errors import SchemaError
 
@@ -217,7 +218,7 @@ class LossCurve:
         n = len(self.step)
         if len(self.train_loss) != n or (self.val_loss is not None and len(self.val_loss) != n):
             raise SchemaError("curve: step, train_loss and val_loss must have equal length")
-        if any(b <= a for a, b in zip(self.step, self.step[1:])):
+        if any(b <= a for a, b in zip(self.step, self.step[1:], strict=False)):
             raise SchemaError("curve.step: steps must be strictly increasing")
 
 
@@ -447,14 +448,16 @@ def _positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value is not None and not (_finite(value) and value > 0):
-            raise SchemaError(f"{_section(obj)}.{name}: expected a finite number > 0, got {value!r}")
+            raise SchemaError(f"{_section(obj)}.{name}: expected a finite number > 0, "
+                              f"got {value!r}")
 
 
 def _nonnegative(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value is not None and not (_finite(value) and value >= 0):
-            raise SchemaError(f"{_section(obj)}.{name}: expected a finite number >= 0, got {value!r}")
+            raise SchemaError(f"{_section(obj)}.{name}: expected a finite number >= 0, "
+                              f"got {value!r}")
 
 
 def _section(obj: Any) -> str:

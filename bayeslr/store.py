@@ -8,6 +8,7 @@ record under an existing id is an error.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -31,7 +32,8 @@ class SweepStore:
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"{self.root}: exists and is not a directory; choose a sweep directory")
+            raise StoreError(f"{self.root}: exists and is not a directory; "
+                             "choose a sweep directory")
         if not self.root.exists():
             if not create:
                 raise StoreError(f"{self.root}: no such sweep directory")
@@ -100,10 +102,15 @@ class SweepStore:
                 os.link(tmp, path)
             except FileExistsError:
                 if _read_json(path) != record.to_dict():
-                    raise StoreError(f"{path}: written concurrently with a different record")
+                    raise StoreError(f"{path}: written concurrently with a different record"
+                                     ) from None
         finally:
             os.unlink(tmp)
         return path
+
+    def export(self, path: str | os.PathLike[str]) -> Path:
+        """Write every stored run to one JSON-lines file (gzip if it ends in .gz)."""
+        return write_jsonl(self.records(), path)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per run (tidy); see :func:`records_to_frame`."""
@@ -112,6 +119,44 @@ class SweepStore:
     def curves(self) -> xr.Dataset:
         """Loss curves of all runs; see :func:`records_to_curves`."""
         return records_to_curves(self.records())
+
+
+def write_jsonl(records: Iterable[RunRecord], path: str | os.PathLike[str]) -> Path:
+    """Write records as JSON lines (gzip when the name ends in .gz), atomically.
+
+    The compact form for shipping a sweep: one record per line, same schema as the store.
+    """
+    path = Path(path)
+    lines = [json.dumps(r.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+             for r in records]
+    payload = ("\n".join(lines) + "\n").encode()
+    if path.suffix == ".gz":
+        payload = gzip.compress(payload, mtime=0)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(payload)
+    os.replace(tmp, path)
+    return path
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[RunRecord]:
+    """Read records written by :func:`write_jsonl`; errors name the file and line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode()
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise SchemaError(f"{path}: cannot read as JSON lines ({err})") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SchemaError(f"{path}, line {number}: malformed JSON ({err.msg})") from None
+        records.append(RunRecord.from_dict(data, where=f"{path}, line {number}"))
+    return records
 
 
 def read_run_file(path: Path) -> RunRecord:

@@ -34,6 +34,7 @@ def test_real_marin_sweep_imports_losslessly(tmp_path):
     renamed = {"model_params", "hidden_size", "ffn_hidden_size", "warmup", "train_steps",
                "optimizer", "loss", "diverged"}
     assert set(header) - renamed <= kept
+
     def key(opt, lr, loss, batch, tokens):
         loss = round(float(loss), 9) if loss not in ("", None) and loss == loss else -1.0
         return (opt, float(lr), loss, int(float(batch)), float(tokens))
@@ -55,7 +56,8 @@ def test_reimport_is_idempotent(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("model_params,tokens,batch_size,optimizer\n1e6,1e8,32,adamw\n", r"missing required .*lr.*loss"),
+    ("model_params,tokens,batch_size,optimizer\n1e6,1e8,32,adamw\n",
+     r"missing required .*lr.*loss"),
     (f"{HEADER}\n1e6,1e8,32,adamw,-0.001,3.0\n", r"line 2: .*optimizer.lr"),
     (f"{HEADER}\n1e6,1e8,32,adamw,nan,3.0\n", r"line 2: field 'lr'"),
     (f"{HEADER}\n1e6,1e8,32,adamx,0.001,3.0\n", r"line 2: .*unknown optimizer 'adamx'"),
@@ -96,7 +98,8 @@ cells = st.one_of(st.text(max_size=8), st.floats(allow_nan=True).map(repr),
                   st.integers(-5, 10**9).map(str), st.sampled_from(["adamw", "sgd", "", ">10"]))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(header=st.lists(st.sampled_from(HEADER.split(",") + ["diverged", "beta1", "x", "seed"]),
                        min_size=0, max_size=8),
        rows=st.lists(st.lists(cells, min_size=0, max_size=9), max_size=4))
@@ -112,7 +115,8 @@ def test_loading_never_crashes_with_a_foreign_error(tmp_path, header, rows):
         pass
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=300))
 def test_reading_a_run_file_never_crashes_with_a_foreign_error(tmp_path, text):
     store = SweepStore(tmp_path / "s")

@@ -103,3 +103,24 @@ def test_killing_a_writer_mid_way_leaves_no_partial_run_file(tmp_path):
         record = read_run_file(path)
         assert json.loads(path.read_text())["run_id"] == record.run_id
     assert len(SweepStore(root)) == len(files)
+
+
+def test_export_and_reimport_as_json_lines(tmp_path):
+    from bayeslr.cli import main
+    from bayeslr.store import read_jsonl
+
+    store = SweepStore(tmp_path / "a")
+    store.put_many([make_record(lr=lr) for lr in (1e-3, 2e-3, 4e-3)])
+    path = store.export(tmp_path / "sweep.jsonl.gz")
+    assert sorted(r.run_id for r in read_jsonl(path)) == store.ids()
+    assert main(["import", str(path), "--into", str(tmp_path / "b")]) == 0
+    assert SweepStore(tmp_path / "b").ids() == store.ids()
+
+
+def test_corrupt_json_lines_name_the_line(tmp_path, record):
+    from bayeslr.store import read_jsonl
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(record.to_dict()) + "\n{oops\n")
+    with pytest.raises(SchemaError, match="bad.jsonl, line 2: malformed JSON"):
+        read_jsonl(path)

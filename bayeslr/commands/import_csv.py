@@ -1,15 +1,20 @@
-"""`bayeslr import FILE.csv --into SWEEPDIR`: add an external sweep table to a sweep store."""
+"""`bayeslr import FILE --into SWEEPDIR`: add external sweeps to a sweep store.
+
+FILE is a CSV table (docs/data.md) or run records as JSON lines (`.jsonl`, `.jsonl.gz`, as
+written by `SweepStore.export`).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "import an external sweep table (CSV) into a sweep directory"
+HELP = "import external sweeps (CSV table or JSON-lines records) into a sweep dir"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("csv", help="CSV with columns model_params, tokens, batch_size, "
-                        "optimizer, lr, loss (+ optional ones; see docs/data.md)")
+    parser.add_argument("csv", metavar="FILE",
+                        help="CSV with columns model_params, tokens, batch_size, optimizer, lr, "
+                        "loss (+ optional ones; see docs/data.md), or .jsonl[.gz] run records")
     parser.add_argument("--into", required=True, metavar="SWEEPDIR",
                         help="sweep directory (created if missing); existing runs are kept")
     parser.add_argument("--key-columns", default="", metavar="A,B",
@@ -24,10 +29,13 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from bayeslr.importers import read_sweep_csv
-    from bayeslr.store import SweepStore
+    from bayeslr.store import SweepStore, read_jsonl
 
-    records = read_sweep_csv(args.csv, key_columns=_split(args.key_columns),
-                             meta_columns=_split(args.meta_columns))
+    if args.csv.endswith((".jsonl", ".jsonl.gz")):
+        records = read_jsonl(args.csv)
+    else:
+        records = read_sweep_csv(args.csv, key_columns=_split(args.key_columns),
+                                 meta_columns=_split(args.meta_columns))
     store = SweepStore(args.into)
     before = set(store.ids())
     store.put_many(records)
