@@ -22,6 +22,7 @@ COMMANDS = {
     "predict": "predict",
     "compare": "compare",
     "report": "report",
+    "sharpness": "sharpness",
 }
 """Subcommand name -> module in bayeslr.commands; modules not present are not offered."""
 

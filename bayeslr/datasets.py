@@ -18,3 +18,9 @@ def shipped(name: str) -> Path:
 def marin_csv() -> Path:
     """The real Marin optimizer sweep (Wen et al. 2025): 271 runs, 4 optimizers, 39 diverged."""
     return shipped("marin_optimizer_sweep.csv")
+
+
+def reference_jsonl() -> Path:
+    """The reference sweep collected with collectors/plans/reference.toml (see the README):
+    5 GPT sizes x 3 horizons x 2 batch sizes x AdamW/SGD/RMSprop x 9 LRs, as JSON lines."""
+    return shipped("reference_sweep.jsonl.gz")

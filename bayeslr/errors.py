@@ -29,3 +29,11 @@ class ModelError(BayesLRError, ValueError):
 
 class PosteriorError(BayesLRError):
     """A saved posterior is unreadable, from another version, or asked an impossible question."""
+
+
+class DataWarning(UserWarning):
+    """Data were cleaned, or a term the data cannot identify was dropped from the model."""
+
+
+class SamplingWarning(UserWarning):
+    """Sampler diagnostics (R-hat, ESS, divergences) say the posterior is not trustworthy."""

@@ -35,6 +35,14 @@ class DIMS:
     TARGET = "target"
     SAMPLE = "sample"
     EIGEN = "eigen"
+    COVARIATE = "covariate"
+    """Covariates of the LR law (n_params, tokens, batch_size, ...)."""
+    TERM = "term"
+    """Curvature terms of the LR law (n_params^2, tokens^2, n_params*tokens)."""
+    OBSERVED = "observed_point"
+    """Runs with an observed loss (not diverged), a subset of POINT."""
+    SIDE = "side"
+    """Side of a configuration's optimum in log LR: left (LR too low), right (too high)."""
 
 
 KNOWN_OPTIMIZERS = (
@@ -199,10 +207,12 @@ class RunConfig:
         return _digest(self.to_dict())
 
     def config_id(self) -> str:
-        """Hash of the configuration without LR and seed: runs sharing it form one LR sweep."""
+        """Hash of the configuration without LR, seed and WSD trunk: runs sharing it form one
+        LR sweep (cool-downs branched off each LR's own trunk belong to the same sweep)."""
         data = self.to_dict()
         data["optimizer"].pop("lr")
         data["train"].pop("seed")
+        data["train"].pop("trunk")
         return _digest(data)
 
 
@@ -398,6 +408,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise SchemaError(f"{where}: expected a string, got {value!r}")
+    if hint is tuple:  # bare `tuple` (measurement series): a JSON list of plain values
+        if not isinstance(value, (list, tuple)):
+            raise SchemaError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise SchemaError(f"{where}: expected a list, got {type(value).__name__}")

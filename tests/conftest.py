@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from bayeslr.schema import (
@@ -39,3 +41,18 @@ def make_record(lr: float = 1e-3, *, seed: int = 0, d_model: int = 64, diverged:
 @pytest.fixture
 def record() -> RunRecord:
     return make_record()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests that use torch train with one thread (deterministic, and fair to a 2-core CI).
+    Session-wide, so module-scoped fixtures that train run with one thread too; test modules
+    are imported (and torch with them) before any fixture runs."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,5 +1,6 @@
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -28,10 +29,12 @@ def test_run_id_is_stable_and_depends_on_every_setting():
     assert make_record(seed=1).run_id != a.run_id
 
 
-def test_config_id_groups_runs_that_differ_only_in_lr_and_seed():
+def test_config_id_groups_runs_that_differ_only_in_lr_seed_and_trunk():
     a = make_record(lr=1e-3).config
     assert a.config_id() == make_record(lr=4e-3, seed=3).config.config_id()
     assert a.config_id() != make_record(d_model=128).config.config_id()
+    branched = replace(a, train=replace(a.train, trunk="0123456789abcdef"))
+    assert branched.config_id() == a.config_id() and branched.run_id() != a.run_id()
 
 
 def test_outcome_loss_prefers_validation(record):

@@ -1,0 +1,228 @@
+"""Transfer: sweeps of small models -> the optimal LR of a larger, held-out one.
+
+On the reference sweep (bayeslr/data/reference_sweep.jsonl.gz, collected with
+collectors/plans/reference.toml), the Bayesian model is fitted to the smallest `--train-sizes`
+model sizes (all horizons, batch sizes and optimizers) and predicts eta* for every
+configuration (horizon x batch size x optimizer) of the largest size, which it never saw.
+Each prediction is scored against that configuration's measured sweep:
+
+- log10 error: |log10 predicted - log10 measured optimum| (decades);
+- regret: measured loss at the predicted LR minus the sweep's optimal loss, in nats/token and
+  in percent of that loss (bayeslr.baselines.measured_loss reads the sweep off-grid);
+- coverage: whether the measured optimum lies in the 90% credible interval.
+
+The bayeslr LR scored is the posterior median of eta*; the risk-aware recommendation
+(bayeslr.decisions.recommend, default divergence cost) is scored alongside as `bayes_rec`.
+A sweep is read as bayeslr.baselines.sweep_optimum does: runs at LRs above the first diverged
+one are past the stability edge and not part of the curve.
+
+Baselines scored the same way in the same run: an ordinary least-squares power law fitted per
+optimizer to the training sizes' grid argmins (the usual practice), and "the same LR as the
+largest training size" for the same horizon, batch size and optimizer. Compute: FLOPs of all
+training-size runs against a grid search (the same LRs) at the held-out size, and what that
+ratio means in GPU-hours and energy for a user-given target, with the assumptions printed.
+
+    python benchmarks/transfer.py [--sweep FILE|DIR] [--train-sizes 3] [--plot FILE.png]
+
+Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_ratio=<r>`
+(regrets are medians over the held-out configurations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from bayeslr.answers import predict_lr
+from bayeslr.baselines import fit_ols_law, regret, sweep_optimum
+from bayeslr.datasets import reference_jsonl
+from bayeslr.decisions import recommend
+from bayeslr.fit import as_table, fit
+from bayeslr.spec import ModelSpec
+
+COVARIATES = ("n_params", "tokens", "batch_size")
+CONFIG = ["optimizer", "tokens", "batch_size"]
+"""What identifies a configuration within one model size."""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", default=None,
+                        help="sweep dir or .jsonl[.gz] (default: the shipped reference sweep)")
+    parser.add_argument("--train-sizes", type=int, default=3,
+                        help="fit on this many smallest model sizes (default 3)")
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", default=None, help="write the comparison figure (PNG)")
+    parser.add_argument("--target-params", type=float, default=1e9,
+                        help="user target for the cost estimate: parameters (default 1e9)")
+    parser.add_argument("--target-tokens", type=float, default=2e10,
+                        help="user target: training tokens (default 2e10)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="accelerator peak dense bf16 TFLOP/s (default 989: H100 SXM)")
+    parser.add_argument("--mfu", type=float, default=0.4,
+                        help="model FLOPs utilisation achieved (default 0.4)")
+    parser.add_argument("--gpu-kw", type=float, default=0.7,
+                        help="board power per accelerator in kW (default 0.7: H100 SXM TDP)")
+    parser.add_argument("--pue", type=float, default=1.2,
+                        help="data-centre power usage effectiveness (default 1.2)")
+    return parser.parse_args()
+
+
+def split_sizes(table: pd.DataFrame, train_sizes: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs of the `train_sizes` smallest sizes, runs of the largest size)."""
+    sizes = np.sort(table["n_params"].unique())
+    if len(sizes) <= train_sizes:
+        raise SystemExit(f"the sweep has {len(sizes)} model sizes; need more than "
+                         f"--train-sizes {train_sizes}")
+    train = table[table["n_params"].isin(sizes[:train_sizes])]
+    return train, table[table["n_params"] == sizes[-1]]
+
+
+def optima(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (size x CONFIG) with its SweepOptimum."""
+    rows = []
+    for key, runs in table.groupby(["n_params", *CONFIG]):
+        try:
+            opt = sweep_optimum(runs["lr"], runs["loss"], runs["diverged"])
+        except Exception as err:  # too few stable runs: the configuration cannot be scored
+            print(f"skipped configuration {key}: {err}")
+            continue
+        rows.append({**dict(zip(["n_params", *CONFIG], key, strict=True)), "opt": opt,
+                     "lr_argmin": opt.lr_argmin, "lr_opt": opt.lr_opt,
+                     "loss_opt": opt.loss_opt})
+    return pd.DataFrame(rows)
+
+
+def score(held: pd.DataFrame, predicted: np.ndarray, divergence_loss: float) -> pd.DataFrame:
+    """log10 error and regret (nats, %) of predicted LRs against the held-out sweeps."""
+    nats = np.array([regret(o, lr, divergence_loss=divergence_loss)
+                     for o, lr in zip(held["opt"], predicted, strict=True)])
+    return pd.DataFrame({"lr": predicted,
+                         "log10_err": np.abs(np.log10(predicted) - np.log10(held["lr_opt"])),
+                         "regret_nats": nats, "regret_pct": 100 * nats / held["loss_opt"]})
+
+
+def same_lr_baseline(train_optima: pd.DataFrame, held: pd.DataFrame) -> np.ndarray:
+    """The grid argmin of the largest training size with the same horizon, batch, optimizer."""
+    largest = train_optima[train_optima["n_params"] == train_optima["n_params"].max()]
+    lookup = largest.set_index(CONFIG)["lr_argmin"]
+    return np.array([lookup.get(tuple(row[c] for c in CONFIG), np.nan)
+                     for _, row in held.iterrows()])
+
+
+def compute_ratio(train: pd.DataFrame, test: pd.DataFrame) -> float:
+    """FLOPs of every training-size run over FLOPs of the full LR grid at the held-out size
+    (both counted run by run, as if each run were trained from scratch)."""
+    return float(train["flops"].sum() / test["flops"].sum())
+
+
+def cost_lines(args: argparse.Namespace, ratio: float, n_lrs: int) -> list[str]:
+    """GPU-hours and energy of a grid search at the user's target vs the small sweeps."""
+    grid_flops = n_lrs * 6 * args.target_params * args.target_tokens
+    seconds_per_flop = 1 / (args.peak_tflops * 1e12 * args.mfu)
+    grid_hours = grid_flops * seconds_per_flop / 3600
+    ours_hours = ratio * grid_hours
+    kwh = args.gpu_kw * args.pue
+    return [
+        f"assumptions: target N={args.target_params:.3g} params x D={args.target_tokens:.3g} "
+        f"tokens; grid search = {n_lrs} LRs x 6ND FLOPs; accelerator {args.peak_tflops:g} "
+        f"TFLOP/s peak at {args.mfu:.0%} MFU, {args.gpu_kw:g} kW, PUE {args.pue:g}; small "
+        f"sweeps cost compute_ratio x the grid (the size ladder measured here)",
+        f"grid search at target: {grid_hours:,.0f} GPU-hours, {grid_hours * kwh:,.0f} kWh",
+        f"small sweeps (ratio {ratio:.3f}): {ours_hours:,.0f} GPU-hours, "
+        f"{ours_hours * kwh:,.0f} kWh; saved {grid_hours - ours_hours:,.0f} GPU-hours "
+        f"({1 - ratio:.0%})",
+    ]
+
+
+def plot(held: pd.DataFrame, path: str) -> None:
+    """Measured optimum vs bayeslr (median, 90% interval), OLS and same-LR, per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    held = held.sort_values(CONFIG).reset_index(drop=True)
+    x = np.arange(len(held))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(held)), 4))
+    ax.vlines(x, held["eta_lo90"], held["eta_hi90"], color="C0", lw=3, alpha=0.4,
+              label="bayeslr 90% interval")
+    ax.plot(x, held["eta_median"], "o", color="C0", label="bayeslr median")
+    ax.plot(x, held["ols_lr"], "x", color="C1", label="OLS on argmins")
+    ax.plot(x, held["same_lr"], "+", color="C2", ms=9, label="same LR as small model")
+    ax.plot(x, held["lr_opt"], "*", color="k", ms=10, label="measured optimum")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{r.optimizer}\nD={r.tokens / 1e3:.0f}k B={r.batch_size:g}"
+                      for r in held.itertuples()], fontsize=7, rotation=90)
+    ax.set_ylabel("peak LR")
+    ax.set_title(f"held-out size N={held['n_params'].iloc[0]:.3g}: predicted vs measured eta*")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    print(f"figure written to {path}")
+
+
+def main() -> None:
+    args = parse_args()
+    table = as_table(args.sweep or reference_jsonl())
+    train, test = split_sizes(table, args.train_sizes)
+    divergence_loss = math.log(float(table["vocab_size"].dropna().iloc[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posterior = fit(train, ModelSpec(covariates=COVARIATES), draws=args.draws,
+                        tune=args.draws, chains=args.chains, seed=args.seed, progressbar=False)
+    diag = posterior.diagnostics()
+    held = optima(test)
+    train_optima = optima(train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = predict_lr(posterior, held[["n_params", *CONFIG]], seed=args.seed)
+        advised = recommend(posterior, held[["n_params", *CONFIG]], seed=args.seed)
+    held = held.assign(eta_median=pred["eta_median"].to_numpy(),
+                       eta_lo90=pred["eta_lo90"].to_numpy(), eta_hi90=pred["eta_hi90"].to_numpy(),
+                       recommended=advised["lr"].to_numpy(),
+                       ols_lr=fit_ols_law(train_optima, COVARIATES).predict(held),
+                       same_lr=same_lr_baseline(train_optima, held))
+    scores = {name: score(held, held[column].to_numpy(), divergence_loss)
+              for name, column in (("bayeslr", "eta_median"), ("bayes_rec", "recommended"),
+                                   ("ols", "ols_lr"), ("same_lr", "same_lr"))}
+    covered = (held["lr_opt"] >= held["eta_lo90"]) & (held["lr_opt"] <= held["eta_hi90"])
+    ratio = compute_ratio(train, test)
+    n_lrs = int(test.groupby(CONFIG).size().median())
+
+    sizes = sorted(train["n_params"].unique())
+    print(f"fit: {len(train)} runs, sizes {[f'{s:.3g}' for s in sizes]}; max R-hat "
+          f"{diag['rhat_max']:.3f}, min bulk ESS {diag['ess_bulk_min']:.0f}, "
+          f"{posterior.info.get('seconds')} s")
+    print(f"held out: N={held['n_params'].iloc[0]:.3g}, {len(held)} configurations\n")
+    detail = held[CONFIG + ["lr_opt", "eta_median", "eta_lo90", "eta_hi90", "ols_lr",
+                            "same_lr"]].assign(
+        bayes_regret_pct=scores["bayeslr"]["regret_pct"].to_numpy(),
+        ols_regret_pct=scores["ols"]["regret_pct"].to_numpy(),
+        same_regret_pct=scores["same_lr"]["regret_pct"].to_numpy(), covered90=covered)
+    print(detail.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\n{'method':<10} {'median |log10 err|':>18} {'median regret':>14} "
+          f"{'median regret %':>16} {'mean regret %':>14}")
+    for name, s in scores.items():
+        print(f"{name:<10} {s['log10_err'].median():>18.3f} {s['regret_nats'].median():>14.4f} "
+              f"{s['regret_pct'].median():>16.3f} {s['regret_pct'].mean():>14.3f}")
+    print(f"\n90% interval covers the measured optimum in {covered.sum()} of {len(held)} "
+          f"configurations")
+    print(f"compute: small sweeps / grid search at the held-out size = {ratio:.3f}")
+    for line in cost_lines(args, ratio, n_lrs):
+        print(line)
+    if args.plot:
+        plot(held, args.plot)
+    print(f"transfer: regret_pct={scores['bayeslr']['regret_pct'].median():.3f} "
+          f"ols_regret_pct={scores['ols']['regret_pct'].median():.3f} "
+          f"coverage90={covered.mean():.3f} compute_ratio={ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The yardsticks: a measured sweep's optimum and off-grid loss, and the OLS argmin law."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayeslr.baselines import fit_ols_law, measured_loss, regret, sweep_optimum
+from bayeslr.errors import ModelError
+
+GRID = np.geomspace(1e-4, 1.0, 9)
+
+
+def parabola_sweep(log_opt: float, *, diverge_above: float = np.inf):
+    """Loss = 2 + 0.1 (ln lr - log_opt)^2 on GRID; runs above `diverge_above` diverge."""
+    lr = GRID
+    loss = 2.0 + 0.1 * (np.log(lr) - log_opt) ** 2
+    diverged = lr > diverge_above
+    return lr, np.where(diverged, np.nan, loss), diverged
+
+
+def test_optimum_between_grid_points_is_recovered_from_the_local_quadratic():
+    lr, loss, div = parabola_sweep(np.log(2e-3))
+    opt = sweep_optimum(lr, loss, div)
+    assert opt.lr_opt == pytest.approx(2e-3, rel=1e-6)
+    assert opt.loss_opt == pytest.approx(2.0, abs=1e-9)
+    assert opt.lr_argmin == pytest.approx(lr[np.argmin(loss)])
+    assert opt.lr_argmin != pytest.approx(2e-3, rel=0.1)
+
+
+def test_measured_loss_follows_the_curve_and_counts_divergence():
+    lr, loss, div = parabola_sweep(np.log(1e-2), diverge_above=0.05)
+    opt = sweep_optimum(lr, loss, div)
+    assert measured_loss(opt, 1e-2) == pytest.approx(2.0, abs=1e-9)
+    assert measured_loss(opt, 5e-3) == pytest.approx(2.0 + 0.1 * np.log(2) ** 2, abs=1e-9)
+    assert measured_loss(opt, 0.2) == np.inf
+    assert regret(opt, 0.2, divergence_loss=5.5) == pytest.approx(3.5, abs=1e-9)
+    assert regret(opt, 1e-2, divergence_loss=5.5) == pytest.approx(0.0, abs=1e-9)
+    far = measured_loss(opt, 1e-4 * 1.5)
+    assert np.interp(np.log(1.5e-4), np.log(GRID[:2]), loss[:2]) == pytest.approx(far)
+
+
+def test_a_sweep_with_fewer_than_two_stable_runs_is_refused():
+    lr, loss, _ = parabola_sweep(0.0)
+    with pytest.raises(ModelError, match="2 stable runs below"):
+        sweep_optimum(lr, loss, lr > 2e-4)
+
+
+def test_runs_past_a_divergence_are_not_read_as_the_curve():
+    lr, loss, div = parabola_sweep(np.log(1e-2), diverge_above=0.05)
+    clean = sweep_optimum(lr, loss, div)
+    erratic = loss.copy()
+    erratic[-1] = 2.0  # a lucky run above the stability edge
+    opt = sweep_optimum(lr, erratic, div)
+    assert opt.lr_opt == pytest.approx(clean.lr_opt) and opt.lr_argmin == clean.lr_argmin
+    assert measured_loss(opt, lr[-1]) == np.inf
+
+
+def test_a_non_convex_neighbourhood_falls_back_to_the_grid():
+    loss = np.array([2.40, 2.45, 2.46, 2.47, 2.48, 2.49, 2.5, 2.6, 2.7])  # flattening: concave
+    opt = sweep_optimum(GRID, loss, np.zeros(9, bool))
+    assert opt.lr_opt == opt.lr_argmin == pytest.approx(GRID[0]) and opt.loss_opt == 2.4
+    assert regret(opt, GRID[0], divergence_loss=5.5) == 0.0
+    assert regret(opt, GRID[2], divergence_loss=5.5) == pytest.approx(0.06)
+
+
+def test_ols_law_recovers_a_power_law_and_ignores_constant_covariates():
+    n = np.array([1e4, 3e4, 1e5, 3e5])
+    optima = pd.DataFrame({"optimizer": "adamw", "n_params": n, "tokens": 1e6,
+                           "lr_argmin": 0.5 * n ** -0.3})
+    law = fit_ols_law(optima, ("n_params", "tokens"))
+    assert law.coefficients["adamw"][1] == pytest.approx(-0.3)
+    assert law.coefficients["adamw"][2] == 0.0
+    target = pd.DataFrame({"optimizer": ["adamw"], "n_params": [1e7], "tokens": [1e9]})
+    assert law.predict(target)[0] == pytest.approx(0.5 * 1e7 ** -0.3)
+    with pytest.raises(ModelError, match="not fitted"):
+        law.predict(target.assign(optimizer="sgd"))

@@ -1,0 +1,138 @@
+"""The PyMC model: its structure, the parameterization choice, and that the posterior's numpy
+formulas (law at new targets, per-run log-likelihood) match the model's own graph."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytest
+
+from bayeslr.features import build_features
+from bayeslr.loglik import RUN
+from bayeslr.model import build_model, parameterization
+from bayeslr.priors import model_priors
+from bayeslr.schema import DIMS
+from bayeslr.spec import ModelSpec
+from tests.model_support import small_fit, sweep
+
+
+def features_of(sim, spec=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return build_features(sim.frame(), spec or ModelSpec())
+
+
+def test_model_structure_and_finite_logp():
+    spec = ModelSpec(curve="wall")
+    features = features_of(sweep(), spec)
+    model = build_model(features, model_priors(features, spec), spec)
+    assert list(model.coords[DIMS.OPTIMIZER]) == ["adamw", "sgd"]
+    assert len(model.coords[DIMS.CONFIG]) == features.n_configs
+    observed = {v.name for v in model.observed_RVs}
+    assert observed == {"loss", "diverged"}
+    names = set(model.named_vars)
+    assert {"intercept", "slope", "curvature", "log_eta", "curv_left", "curv_right", "wall",
+            "div_offset", "div_scale", "noise_sd", "resid_sd"} <= names
+    assert np.isfinite(model.compile_logp()(model.initial_point()))
+
+
+def test_parameterization_follows_how_strongly_the_data_pin_each_level():
+    weak = features_of(sweep())
+    assert parameterization(weak) == {"loss_min"}  # 5 runs/config, 12 configs/optimizer
+    strong = features_of(sweep(n_params=(1e5, 2e5, 4e5, 8e5, 1.6e6), tokens=(5e7, 1e8),
+                               n_lrs=6, seeds=2))
+    assert parameterization(strong) == {"loss_min", "log_eta", "curv", "slope"}
+
+
+def test_effective_and_sharpness_variants_build():
+    sim = sweep()
+    for spec in (ModelSpec(lr_kind="effective"), ModelSpec(covariates=("n_params", "tokens",
+                                                                       "lambda_max"))):
+        features = features_of(sim, spec)
+        model = build_model(features, model_priors(features, spec), spec)
+        assert np.isfinite(model.compile_logp()(model.initial_point()))
+    assert "ratio" in {v.name for v in model.observed_RVs} or spec.lr_kind == "lr"
+
+
+def test_numpy_loglik_matches_pymc():
+    _, posterior = small_fit()
+    features, spec = posterior.features, posterior.spec
+    model = build_model(features, model_priors(features, spec), spec)
+    thinned = posterior.idata.posterior.dataset.isel(draw=slice(0, None, 30))
+    import xarray as xr
+
+    tree = xr.DataTree.from_dict({"posterior": thinned})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pm.compute_log_likelihood(tree, model=model, progressbar=False)
+    ll = tree["log_likelihood"].dataset
+    expected = ll["diverged"].values.copy()
+    expected[..., ~features.diverged] += ll["loss"].values
+    ours = posterior.idata["log_likelihood"].dataset[RUN].isel(draw=slice(0, None, 30))
+    np.testing.assert_allclose(ours.values, expected, rtol=1e-8, atol=1e-8)
+
+
+def test_predictions_use_the_models_law_exactly():
+    """At the training configs, the posterior's law (numpy) equals the model's law (PyTensor,
+    recovered from its non-centred optimum: log_eta_free - resid_sd * raw)."""
+    _, posterior = small_fit()
+    post = posterior.idata.posterior.dataset
+    assert "log_eta_free_raw" in post  # weak data: non-centred
+    model_law = post["log_eta_free"] - post["resid_sd"] * post["log_eta_free_raw"]
+    configs = posterior.configs()
+    targets = pd.DataFrame(configs[["n_params", "tokens", "batch_size", "optimizer"]])
+    draws = posterior.draw_curve_params(targets, include_residual=False)
+    ours = draws["log_eta_law"].values  # (sample, target)
+    theirs = model_law.values.reshape(-1, len(configs))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(draws["extrapolation"].values, 0.0)
+
+
+@pytest.mark.parametrize("name", ["step_law", "porian", "deepseek"])
+def test_published_law_priors_centre_the_adam_intercept(name):
+    from bayeslr.priors import PUBLISHED_LAWS
+
+    features = features_of(sweep())
+    priors = model_priors(features, ModelSpec(prior_law=name))
+    assert priors["intercept.adamw"].source.startswith("published")
+    assert priors["intercept.sgd"].source.startswith("data")  # an AdamW law says nothing of SGD
+    law = PUBLISHED_LAWS[name]
+    assert priors["exponent.n_params"].mu == pytest.approx(dict(law.exponents)["n_params"])
+
+
+def test_likelihood_is_student_t_losses_and_bernoulli_divergences():
+    spec = ModelSpec(noise_nu=5.0)
+    features = features_of(sweep(), spec)
+    model = build_model(features, model_priors(features, spec), spec)
+    loss, diverged = model["loss"], model["diverged"]
+    assert isinstance(loss.owner.op, pm.StudentT.rv_type)
+    assert (np.asarray(loss.owner.inputs[2].eval()) == 5.0).all()  # (rng, size, nu, mu, sd)
+    assert isinstance(diverged.owner.op, pm.Bernoulli.rv_type)
+    assert loss.eval().shape == (int((~features.diverged).sum()),)
+    assert diverged.eval().shape == (features.n_points,)  # every run, diverged or not
+    spec = ModelSpec(divergence=False)
+    features = features_of(sweep(), spec)
+    model = build_model(features, model_priors(features, spec), spec)
+    assert {v.name for v in model.observed_RVs} == {"loss"} and not features.diverged.any()
+
+
+def test_switches_curvature_off_and_pools_exponents_over_optimizers_and_families():
+    sim = sweep()
+    other = sweep(seed=12, arch="mlp_mixer").frame()
+    table = pd.concat([sim.frame(), other], ignore_index=True)
+    spec = ModelSpec()
+    features = build_features(table, spec, warn=False)
+    model = build_model(features, model_priors(features, spec), spec)
+    names = set(model.named_vars)
+    assert features.families == ("gpt", "mlp_mixer")
+    assert {"slope_mu", "slope_spread", "family_intercept", "family_slope", "family_spread",
+            "curvature"} <= names
+    assert model.named_vars_to_dims["slope"] == (DIMS.OPTIMIZER, DIMS.COVARIATE)
+    assert "tokens" in features.covariates  # the horizon exponent
+    flat = ModelSpec(curvature=False)
+    features = build_features(table, flat, warn=False)
+    model = build_model(features, model_priors(features, flat), flat)
+    assert "curvature" not in model.named_vars
