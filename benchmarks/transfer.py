@@ -41,6 +41,7 @@ from bayeslr.answers import predict_lr
 from bayeslr.baselines import fit_ols_law, regret, sweep_optimum
 from bayeslr.datasets import reference_jsonl
 from bayeslr.decisions import recommend
+from bayeslr.errors import ModelError
 from bayeslr.fit import as_table, fit
 from bayeslr.spec import ModelSpec
 
@@ -90,7 +91,7 @@ def optima(table: pd.DataFrame) -> pd.DataFrame:
     for key, runs in table.groupby(["n_params", *CONFIG]):
         try:
             opt = sweep_optimum(runs["lr"], runs["loss"], runs["diverged"])
-        except Exception as err:  # too few stable runs: the configuration cannot be scored
+        except ModelError as err:  # too few stable runs: the configuration cannot be scored
             print(f"skipped configuration {key}: {err}")
             continue
         rows.append({**dict(zip(["n_params", *CONFIG], key, strict=True)), "opt": opt,

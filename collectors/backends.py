@@ -52,9 +52,14 @@ class Unit:
 
     @property
     def cost(self) -> float:
-        """Rough compute of the unit: n_params x tokens of its longest run."""
-        first = self.specs[0].config
-        return (first.model.n_params_total or first.model.n_params) * first.train.tokens
+        """Rough compute of the unit: that of its longest run (the trunk)."""
+        return run_cost(self.specs[0])
+
+
+def run_cost(spec: RunSpec) -> float:
+    """Rough compute of one run, for scheduling the largest first: parameters x tokens."""
+    model = spec.config.model
+    return (model.n_params_total or model.n_params) * spec.config.train.tokens
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from collectors.backends import (
     _describe,
     _limited,
     remove_stale_temps,
+    run_cost,
     store_record,
     train_unit,
     units_of,
@@ -46,10 +47,8 @@ class VectorGroup:
 
     @property
     def cost(self) -> float:
-        """Rough compute: n_params x tokens x runs."""
-        first = self.specs[0].config
-        n = first.model.n_params_total or first.model.n_params
-        return n * first.train.tokens * len(self.pending)
+        """Rough compute: one run's x the runs still to train."""
+        return run_cost(self.specs[0]) * len(self.pending)
 
 
 Item = Unit | VectorGroup
