@@ -2,11 +2,14 @@
 
 1. One Hessian-vector product over one gradient on the default small GPT
    (collectors.model.GPT with its default GPTConfig: d_model 64, 2 layers, 4 heads, context
-   128, byte vocabulary; batch 16 x 128 tokens), for each product method. The headline is a
-   standalone double-backward product: building the operator (forward + backward with a
-   graph) plus one product. Building it once and reusing it makes each further product
-   (what power iteration, Lanczos and Hutchinson pay per product) cheaper; that is reported
-   too, as 'double_backward'.
+   128, byte vocabulary; batch 16 x 128 tokens), for each product method. The gradient is
+   an ordinary one (fused attention kernel). The headline is a standalone product of the
+   default method ('double_backward', with the second-order rules of
+   collectors.second_order): building the operator at the point (forward + backward with a
+   graph) plus one product, from scratch each time. Building it once and reusing it makes
+   each further product (what power iteration, Lanczos and Hutchinson pay per product)
+   cheaper; that is reported too, per method, and the standalone product of
+   'double_backward_autograd' (autograd's rules for every layer) next to the headline.
 2. The sharpness callback's cost as a fraction of training time at its default
    every_n_steps: two real Lightning fits of the same GPT on the bundled text (AdamW, default
    settings), without and with the callback (repeated --reps times, interleaved). The
@@ -54,7 +57,7 @@ def _interleaved_min(fns: dict[str, Callable[[], object]], *, rounds: int,
 
 def hvp_costs(*, reps: int, device: str) -> dict[str, float]:
     """Seconds per gradient and cost of products in gradients on the default GPT."""
-    from collectors.hessian import hessian_operator, math_attention, random_vector
+    from collectors.hessian import METHODS, hessian_operator, math_attention, random_vector
     from collectors.model import GPT, GPTConfig
     from collectors.sharpness import next_token_loss
 
@@ -72,12 +75,13 @@ def hvp_costs(*, reps: int, device: str) -> dict[str, float]:
         with math_attention():
             return gradient()
 
-    def build() -> object:
-        return hessian_operator(model, next_token_loss, batch)
+    def build(method: str = "double_backward") -> object:
+        return hessian_operator(model, next_token_loss, batch, method=method)
 
     fns = {"grad": gradient, "grad_math_sdpa": gradient_math, "build": build,
-           "build+hvp": lambda: build()(v)}
-    for method in ("double_backward", "forward_over_reverse", "finite_difference"):
+           "build+hvp": lambda: build()(v),
+           "autograd build+hvp": lambda: build("double_backward_autograd")(v)}
+    for method in METHODS:
         # the finite difference perturbs parameters in place, which would invalidate the
         # reused double-backward graph: give it its own copy of the model
         owner = copy.deepcopy(model) if method == "finite_difference" else model
@@ -197,6 +201,8 @@ def main() -> None:
               "build": "build operator (grad with graph)",
               "build+hvp": "standalone HVP (build + 1 product)",
               "double_backward": "each further product, reused op",
+              "autograd build+hvp": "double_backward_autograd standalone",
+              "double_backward_autograd": "double_backward_autograd product",
               "forward_over_reverse": "forward_over_reverse product",
               "finite_difference": "finite_difference product"}
     for key, label in labels.items():

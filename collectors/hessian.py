@@ -2,21 +2,29 @@
 
 `hessian_operator(model, loss_fn, batch)` returns a symmetric operator v -> H v over the
 flat vector of the trainable parameters without ever forming H (n x n), computed one of
-three ways:
+four ways:
 
 - 'double_backward' (default): g = dL/dtheta with a graph, then H v = d(g . v)/dtheta
   (Pearlmutter 1994). The gradient graph is built once per operator and reused by every
-  product, so the operator must be used before the parameters change.
+  product, so the operator must be used before the parameters change. Attention, layer norm,
+  GELU and cross entropy record the hand-derived second derivatives of
+  `collectors.second_order` (fused kernels for the gradient, a short exact second pass),
+  linear layers skip the values of their weight gradients (the product needs only their
+  graph); everything else uses autograd's own rules.
+- 'double_backward_autograd': the same with autograd's rules for every layer and attention
+  in the math kernel (same results to rounding, slower).
 - 'forward_over_reverse': H v = jvp(grad L)(theta; v) with torch.func over a deep copy of the
   model (same results; no graph kept between products).
 - 'finite_difference': H v ~ (g(theta + h v) - g(theta - h v)) / 2h with the parameters
   perturbed in place and restored exactly; needs only first derivatives (works under
   sharding or kernels without a double backward). Error O(h^2) + O(machine eps / h).
 
-Attention runs in the math SDPA kernel for the first two (fused kernels have no double
-backward, nor forward-mode AD on CPU); the finite difference keeps the fast kernels. The model
-is switched to eval mode (no dropout) while the loss is evaluated and restored afterwards.
-The spectral routines live in `collectors.spectrum` and are re-exported here.
+Attention calls the second-order rules do not cover, and all attention under
+'double_backward_autograd' and 'forward_over_reverse', run in the math SDPA kernel (fused
+kernels have no double backward, nor forward-mode AD on CPU); the finite difference keeps the
+fast kernels. The model is switched to eval mode (no dropout) while the loss is evaluated and
+restored afterwards. The spectral routines live in `collectors.spectrum` and are re-exported
+here.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from collectors.second_order import second_order_kernels
 from collectors.spectrum import (
     HessianError,
     LanczosResult,
@@ -53,7 +62,8 @@ from collectors.spectrum import (
 LossFn = Callable[[nn.Module, Any], Tensor]
 """loss_fn(model, batch) -> scalar loss tensor."""
 
-METHODS = ("double_backward", "forward_over_reverse", "finite_difference")
+METHODS = ("double_backward", "double_backward_autograd", "forward_over_reverse",
+           "finite_difference")
 
 __all__ = [
     "METHODS", "HessianError", "HessianOperator", "LanczosResult", "LossFn", "MatVec",
@@ -163,8 +173,9 @@ def hessian_operator(model: nn.Module, loss_fn: LossFn, batch: Any, *,
     tensors = [p for _, p in named]
     names = tuple(n for n, _ in named)
     shapes = tuple(p.shape for p in tensors)
-    if method == "double_backward":
-        matvec, loss = _double_backward(model, loss_fn, batch, tensors)
+    if method in ("double_backward", "double_backward_autograd"):
+        rules = method == "double_backward"
+        matvec, loss = _double_backward(model, loss_fn, batch, tensors, rules=rules)
     elif method == "forward_over_reverse":
         matvec, loss = _forward_over_reverse(model, loss_fn, batch, named)
     else:
@@ -204,11 +215,14 @@ def _finite(loss: Tensor) -> float:
 
 
 def _gradient(model: nn.Module, loss_fn: LossFn, batch: Any, tensors: Sequence[Tensor], *,
-              create_graph: bool) -> tuple[list[Tensor], Tensor]:
-    """dL/dtheta for `tensors` (zeros where unused) and the loss. Attention runs in the math
-    kernel only when a graph for second derivatives is asked for."""
+              create_graph: bool, rules: bool = False) -> tuple[list[Tensor], Tensor]:
+    """dL/dtheta for `tensors` (zeros where unused) and the loss. When a graph for second
+    derivatives is asked for, attention runs in the math kernel, except where `rules` has
+    the layers of `collectors.second_order` record their own second derivatives; then the
+    values of linear layers' weight gradients are zeros (only their graph is right)."""
     with _eval_mode(model), math_attention() if create_graph else nullcontext():
-        loss = _checked_loss(model, loss_fn, batch)
+        with second_order_kernels(weight_gradients=False) if rules else nullcontext():
+            loss = _checked_loss(model, loss_fn, batch)
         grads = torch.autograd.grad(loss, tensors, create_graph=create_graph,
                                     allow_unused=True)
     return _fill_unused(grads, tensors), loss
@@ -225,9 +239,9 @@ def _fill_unused(grads: Sequence[Tensor | None], tensors: Sequence[Tensor]) -> l
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors, strict=True)]
 
 
-def _double_backward(model: nn.Module, loss_fn: LossFn, batch: Any,
-                     tensors: Sequence[Tensor]) -> tuple[MatVec, float]:
-    grads, loss = _gradient(model, loss_fn, batch, tensors, create_graph=True)
+def _double_backward(model: nn.Module, loss_fn: LossFn, batch: Any, tensors: Sequence[Tensor],
+                     *, rules: bool) -> tuple[MatVec, float]:
+    grads, loss = _gradient(model, loss_fn, batch, tensors, create_graph=True, rules=rules)
     value = _finite(loss)
     live = [i for i, g in enumerate(grads) if g.requires_grad]  # others: H rows are zero
     shapes = [t.shape for t in tensors]

@@ -89,7 +89,7 @@ class SharpnessCallback(pl.Callback):
         preconditioned: lambda_max(P^-1 H) from Adam's state: True, False or 'auto' (when the
             optimizer is torch Adam/AdamW).
         method: Hessian-vector product, one of collectors.hessian.METHODS. The exact double
-            backward is the default; 'finite_difference' costs about 30% less per product
+            backward is the default; 'finite_difference' costs about 20% less per product
             on the default GPT (benchmarks/hessian.py), but its round-off is amplified by
             Adam's P^-1/2 where the second moment is tiny, so do not combine it with
             preconditioned sharpness.

@@ -1,0 +1,47 @@
+"""A small simulation-based calibration (the full one is benchmarks/calibration.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayeslr.calibration import calibration_dataset, dataset_bootstrap, summarize
+
+
+@pytest.fixture(scope="module")
+def results():
+    return [calibration_dataset(seed, draws=300) for seed in range(3)]
+
+
+def test_intervals_at_held_out_targets_cover_the_simulated_truth(results):
+    summary = summarize(results)
+    assert summary["targets"] == 24 and summary["datasets"] == 3
+    assert summary["coverage90"] >= 0.75
+    assert summary["coverage50"] >= 0.25
+    assert summary["median_abs_error"] < 0.6  # natural-log units, at 4-16x extrapolation
+    lo, hi = summary["coverage90_ci"]
+    assert lo <= summary["coverage90"] <= hi
+
+
+def test_exponents_are_recovered_at_the_data_centre(results):
+    exps = pd.concat([r.exponents for r in results])
+    assert set(exps["covariate"]) == {"n_params", "tokens", "batch_size"}
+    assert len(exps) == 3 * 2 * 3
+    assert (exps["mean"] - exps["true"]).abs().mean() < 0.1
+    assert exps["in90"].mean() >= 0.7
+
+
+def test_each_target_row_scores_the_truth_against_its_intervals(results):
+    targets = results[0].targets
+    assert len(targets) == 8 and np.isfinite(targets[["truth", "median"]]).all().all()
+    assert (targets["in90"] | ~targets["in50"]).all()  # inside the 50% => inside the 90%
+
+
+def test_dataset_bootstrap_resamples_whole_datasets():
+    values = pd.Series([1, 1, 1, 1, 0, 0, 0, 0], dtype=float)
+    groups = pd.Series([0, 0, 0, 0, 1, 1, 1, 1])
+    lo, hi = dataset_bootstrap(values, groups, n_boot=4000)
+    assert lo == 0.0 and hi == 1.0  # two datasets: a resample is all-in, all-out or half
+    same = dataset_bootstrap(pd.Series([1.0] * 6), pd.Series([0, 0, 1, 1, 2, 2]))
+    assert same == (1.0, 1.0)
