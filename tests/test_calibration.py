@@ -17,9 +17,11 @@ def results():
 def test_intervals_at_held_out_targets_cover_the_simulated_truth(results):
     summary = summarize(results)
     assert summary["targets"] == 24 and summary["datasets"] == 3
-    assert summary["coverage90"] >= 0.75
+    # 24 targets in 3 datasets: at least 16 inside the 90% intervals (fewer has a chance of
+    # about 1% for 24 independent targets at 90%; these are clustered, so seeds are fixed)
+    assert summary["coverage90"] >= 16 / 24
     assert summary["coverage50"] >= 0.25
-    assert summary["median_abs_error"] < 0.6  # natural-log units, at 4-16x extrapolation
+    assert summary["median_abs_error"] < 0.4  # natural-log units, at 4-16x extrapolation
     lo, hi = summary["coverage90_ci"]
     assert lo <= summary["coverage90"] <= hi
 
