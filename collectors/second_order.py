@@ -273,13 +273,15 @@ class _Linear(Function):
     @staticmethod
     def backward(ctx: FunctionCtx, dy: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        dx = dy @ weight
+        needs_x, needs_w, needs_b = ctx.needs_input_grad
+        dx = dy @ weight if needs_x else None
         rows_dy, rows_x = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-        if torch.is_grad_enabled():  # recording a graph: zeros stand in for the value
+        dw = None
+        if needs_w and torch.is_grad_enabled():  # recording a graph: zeros stand in for it
             dw = _LinearWeightGrad.apply(rows_dy, rows_x)
-        else:
+        elif needs_w:
             dw = rows_dy.mT @ rows_x
-        db = rows_dy.sum(0) if ctx.has_bias else None
+        db = rows_dy.sum(0) if ctx.has_bias and needs_b else None
         return dx, dw, db
 
 

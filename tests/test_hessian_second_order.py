@@ -184,3 +184,18 @@ def test_weight_gradients_can_be_left_out_of_a_graph_for_products():
         loss = net(x).pow(2).sum()
     first = torch.autograd.grad(loss, params)  # no graph recorded: the true values
     assert all(torch.allclose(a, b.detach()) for a, b in zip(first, exact, strict=True))
+
+
+@pytest.mark.parametrize("method", EXACT)
+def test_frozen_layers_are_left_out_of_the_product(method):
+    """A linear layer and a layer norm with requires_grad=False: the rules skip their
+    gradients and the product over the trainable parameters stays exact."""
+    model, batch = TinyGPT().double(), token_batch(batch=8)
+    for name, p in model.named_parameters():
+        if name.startswith(("blocks.0.qkv.", "blocks.0.ln1.")):
+            p.requires_grad_(False)
+    hessian = dense_hessian(model, lm_loss, batch)
+    op = hessian_operator(model, lm_loss, batch, method=method)
+    assert not any(n.startswith(("blocks.0.qkv.", "blocks.0.ln1.")) for n in op.names)
+    v = random_vector(op.dim, seed=2, dtype=torch.float64)
+    assert _rel(op(v), hessian @ v) < 1e-10
