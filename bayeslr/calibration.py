@@ -6,7 +6,10 @@ guess, Student-t noise, divergences above the optimum; 2 optimizers x 3 model si
 x 2 batch sizes x 5 LRs = 180 runs), fits it, and scores the posterior predictive intervals of
 ln eta* at 8 held-out targets (4x and 16x the largest model, 1x and 4x the longest horizon, a
 batch size in between, both optimizers; the truth there includes a fresh configuration
-residual, as the prediction does) and the exponents d ln eta* / d ln x at the data centre.
+residual, as the prediction does), the exponents d ln eta* / d ln x at the data centre, and
+the law's curvature coefficients and the curve-shape and scatter parameters (where the truth
+falls in each marginal posterior: a parameter whose 90% intervals miss far more than 10% of
+the time shows where the posterior is overconfident).
 `summarize` pools many datasets, with bootstrap intervals that resample whole datasets (the
 targets of one dataset share its posterior, so they are not independent).
 """
@@ -19,13 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bayeslr.fit import fit
+from bayeslr.fit import CompiledModels, fit
+from bayeslr.schema import DIMS
 from bayeslr.simulate import COVARIATES, TrueLaw, simulate_sweep
 
 OPTIMIZERS = ("adamw", "sgd")
 N_PARAMS = (2e5, 8e5, 3.2e6)
 TOKENS = (5e7, 1e8, 2e8)
 BATCHES = (16, 64)
+CURVATURE_TERMS = {"n_params^2": 0, "tokens^2": 1, "n_params*tokens": 2}
+"""The model's curvature term names -> index into TrueLaw.curvature (others are truly 0)."""
 
 
 def calibration_targets() -> pd.DataFrame:
@@ -50,21 +56,61 @@ def true_exponents(law: TrueLaw, centre: dict[str, float], optimizer: str) -> di
     return out
 
 
+def true_parameters(law: TrueLaw) -> dict[str, float]:
+    """The simulator's values of the model's scatter and curve-shape parameters, under the
+    model's variable names (natural units; the simulator gives every optimizer one shape)."""
+    return {"resid_sd": law.resid_sd, "curv_sd": law.curv_sd, "noise_sd": law.noise_sd,
+            "div_scale": law.div_scale, "div_offset": law.div_offset,
+            "curv_asym": law.curv_asym,
+            "log_curv_mean": float(np.log(law.curv_left) + 0.5 * law.curv_asym)}
+
+
+def parameter_scores(posterior: object, law: TrueLaw) -> pd.DataFrame:
+    """One row per scalar parameter (per optimizer where the model has one per optimizer):
+    the truth, posterior mean and sd, z = (mean - truth) / sd, and whether the truth lies
+    in the central 50% / 90% intervals."""
+    natural = posterior.natural_parameters()
+    truth = true_parameters(law)
+    rows = []
+    for name, value in truth.items():
+        draws = natural[name]
+        labels = draws[DIMS.OPTIMIZER].values if DIMS.OPTIMIZER in draws.dims else [None]
+        for label in labels:
+            one = draws if label is None else draws.sel({DIMS.OPTIMIZER: label})
+            rows.append(_score(name, label, one.values.ravel(), value))
+    for term in natural["curvature"][DIMS.TERM].values if "curvature" in natural else []:
+        index = CURVATURE_TERMS.get(str(term))
+        value = 0.0 if index is None else law.curvature[index]
+        draws = natural["curvature"].sel({DIMS.TERM: term}).values.ravel()
+        rows.append(_score(f"curvature[{term}]", None, draws, value))
+    return pd.DataFrame(rows)
+
+
+def _score(name: str, optimizer: str | None, draws: np.ndarray, truth: float) -> dict:
+    q = np.quantile(draws, [0.05, 0.25, 0.75, 0.95])
+    return {"parameter": name, "optimizer": optimizer, "true": truth, "mean": draws.mean(),
+            "z": (draws.mean() - truth) / draws.std(), "in50": q[1] <= truth <= q[2],
+            "in90": q[0] <= truth <= q[3]}
+
+
 @dataclass(frozen=True)
 class DatasetResult:
     """One simulated dataset's scores: `targets` (one row per held-out target: truth, median,
-    in50, in90), `exponents` (one row per optimizer x covariate: true, mean, in90) and the
-    fit's diagnostics."""
+    in50, in90, and law_z: the error of the law's posterior mean there in posterior sds,
+    residual left out), `exponents` (one row per optimizer x covariate: true, mean, in90),
+    `parameters` (see parameter_scores) and the fit's diagnostics."""
 
     targets: pd.DataFrame
     exponents: pd.DataFrame
+    parameters: pd.DataFrame
     diagnostics: dict
 
 
-def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None
-                        ) -> DatasetResult:
+def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None,
+                        compiled: CompiledModels | None = None) -> DatasetResult:
     """Simulate, fit (nutpie when installed; 4 chains x `draws` after as many tuning steps) and
-    score one dataset; the seed fixes the law, the sweep, the fit and the predictions."""
+    score one dataset; the seed fixes the law, the sweep, the fit and the predictions. Pass one
+    `compiled` to many calls to compile the model once (the datasets share its structure)."""
     rng = np.random.default_rng(seed)
     law = TrueLaw.from_prior(rng, OPTIMIZERS)
     sweep = simulate_sweep(law, n_params=N_PARAMS, tokens=TOKENS, batch_sizes=BATCHES,
@@ -72,15 +118,17 @@ def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         posterior = fit(sweep, draws=draws, tune=draws, chains=4, seed=seed, cores=cores,
-                        progressbar=False)
+                        progressbar=False, compiled=compiled)
     tg = calibration_targets()
-    log_eta = posterior.draw_curve_params(tg, seed=seed)["log_eta"].values  # (sample, target)
-    truth = law.log_eta(tg["n_params"], tg["tokens"], tg["batch_size"], tg["optimizer"]) \
-        + law.resid_sd * rng.standard_normal(len(tg))
+    draws = posterior.draw_curve_params(tg, seed=seed)
+    log_eta, law_draws = draws["log_eta"].values, draws["log_eta_law"].values  # (sample, target)
+    true_law = law.log_eta(tg["n_params"], tg["tokens"], tg["batch_size"], tg["optimizer"])
+    truth = true_law + law.resid_sd * rng.standard_normal(len(tg))
     q = np.quantile(log_eta, [0.05, 0.25, 0.75, 0.95], axis=0)
     targets = tg.assign(dataset=seed, truth=truth, median=np.median(log_eta, axis=0),
                         in50=(truth >= q[1]) & (truth <= q[2]),
-                        in90=(truth >= q[0]) & (truth <= q[3]))
+                        in90=(truth >= q[0]) & (truth <= q[3]),
+                        law_z=(law_draws.mean(0) - true_law) / law_draws.std(0))
     centre = {c: float(np.exp(np.log(sweep.truth[c].astype(float)).mean())) for c in COVARIATES}
     exps = posterior.exponents()
     rows = []
@@ -92,7 +140,8 @@ def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None
             rows.append({"dataset": seed, "optimizer": opt, "covariate": name,
                          "true": true[name], "mean": values.mean(),
                          "in90": lo <= true[name] <= hi})
-    return DatasetResult(targets, pd.DataFrame(rows), posterior.diagnostics())
+    parameters = parameter_scores(posterior, law).assign(dataset=seed)
+    return DatasetResult(targets, pd.DataFrame(rows), parameters, posterior.diagnostics())
 
 
 def dataset_bootstrap(values: pd.Series, groups: pd.Series, *, n_boot: int = 2000,
@@ -109,9 +158,12 @@ def dataset_bootstrap(values: pd.Series, groups: pd.Series, *, n_boot: int = 200
 
 def summarize(results: list[DatasetResult]) -> dict:
     """Pooled coverage of the target intervals (with dataset-bootstrap 90% intervals), per
-    optimizer, exponent recovery, and how many fits failed their diagnostics."""
+    optimizer, exponent recovery, the parameters' interval coverage and mean z, the law's
+    z-scores at the targets (mean 0 and sd 1 for a calibrated law), and how many fits failed
+    their diagnostics."""
     cover = pd.concat([r.targets for r in results], ignore_index=True)
     exps = pd.concat([r.exponents for r in results], ignore_index=True)
+    params = pd.concat([r.parameters for r in results], ignore_index=True)
     diag = pd.DataFrame([r.diagnostics for r in results])
     recovery = exps.assign(abs_err=(exps["mean"] - exps["true"]).abs()).groupby(
         "covariate").agg(coverage90=("in90", "mean"), mean_abs_error=("abs_err", "mean"),
@@ -124,10 +176,14 @@ def summarize(results: list[DatasetResult]) -> dict:
         "by_optimizer": cover.groupby("optimizer")[["in50", "in90"]].mean(),
         "median_abs_error": float((cover["median"] - cover["truth"]).abs().median()),
         "exponents": recovery,
+        "parameters": params.groupby("parameter", sort=False).agg(
+            coverage50=("in50", "mean"), coverage90=("in90", "mean"), mean_z=("z", "mean"),
+            n=("in90", "size")),
+        "law_z_mean": float(cover["law_z"].mean()), "law_z_sd": float(cover["law_z"].std()),
         "rhat_over": int((diag["rhat_max"] > 1.01).sum()),
         "with_divergences": int((diag["n_divergences"] > 0).sum()),
     }
 
 
 __all__ = ["DatasetResult", "calibration_dataset", "calibration_targets", "dataset_bootstrap",
-           "summarize", "true_exponents"]
+           "parameter_scores", "summarize", "true_exponents", "true_parameters"]

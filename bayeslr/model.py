@@ -97,6 +97,21 @@ def build_model(features: Features, priors: ModelPriors, spec: ModelSpec, *,
     return model
 
 
+def compile_key(features: Features, priors: ModelPriors, spec: ModelSpec) -> str:
+    """Everything the model of `build_model` (default parameterization) depends on besides its
+    pm.Data: two models with one key differ only in data, so one compiled sampler serves both
+    (see bayeslr.fit.CompiledModels)."""
+    coords = {k: v for k, v in model_coords(features).items()
+              if k not in (DIMS.POINT, DIMS.OBSERVED)}
+    table = {name: (p.dist, p.mu, p.sigma) for name, p in sorted(priors.table.items())
+             if not name.startswith("intercept.")}  # these and the curv mean are pm.Data
+    table["curv"] = (priors["curv"].dist, priors["curv"].sigma)
+    arrays = [priors.slope_mu, priors.slope_sd, priors.slope_spread, priors.family_spread,
+              priors.curvature_sd, np.asarray(features.standardizer.scale, float)]
+    return repr((spec, sorted(parameterization(features)), coords, features.rho is None,
+                 table, [a.tolist() for a in arrays]))
+
+
 def _data(features: Features) -> dict[str, pt.TensorVariable]:
     """Inputs as pm.Data, so models of the same structure share compiled code."""
     ok = np.flatnonzero(~features.diverged)
@@ -136,8 +151,9 @@ def _law_parameters(features: Features, priors: ModelPriors,
                     centred: frozenset) -> dict[str, pt.TensorVariable]:
     """Intercepts per optimizer, pooled slopes and family offsets, curvature coefficients."""
     raw = pm.Normal("intercept_raw", 0.0, 1.0, dims=DIMS.OPTIMIZER)
-    theta = {law.INTERCEPT: pm.Deterministic(
-        law.INTERCEPT, priors.intercept_mu + priors.intercept_sd * raw, dims=DIMS.OPTIMIZER)}
+    mu = pm.Data("prior_intercept_mu", priors.intercept_mu, dims=DIMS.OPTIMIZER)
+    sd = pm.Data("prior_intercept_sd", priors.intercept_sd, dims=DIMS.OPTIMIZER)
+    theta = {law.INTERCEPT: pm.Deterministic(law.INTERCEPT, mu + sd * raw, dims=DIMS.OPTIMIZER)}
     n_opt, n_fam, n_cov = len(features.optimizers), len(features.families), len(
         features.covariates)
     if n_cov:
@@ -235,7 +251,8 @@ def _curvature_levels(priors: ModelPriors) -> tuple[pt.TensorVariable, pt.Tensor
     var_level, var_half = level.sigma**2, (0.5 * asym.sigma) ** 2
     cov = np.array([[var_level + var_half, var_level - var_half],
                     [var_level - var_half, var_level + var_half]])
-    mean = np.array([level.mu - 0.5 * asym.mu, level.mu + 0.5 * asym.mu])
+    mean = pm.Data("prior_log_curv_sides", [level.mu - 0.5 * asym.mu, level.mu + 0.5 * asym.mu],
+                   dims=DIMS.SIDE)
     sides = pm.MvNormal("log_curv_sides", mu=mean, cov=cov, dims=(DIMS.OPTIMIZER, DIMS.SIDE))
     log_mean = pm.Deterministic("log_curv_mean", sides.mean(axis=-1), dims=DIMS.OPTIMIZER)
     asym = pm.Deterministic("curv_asym", sides[:, 1] - sides[:, 0], dims=DIMS.OPTIMIZER)

@@ -5,20 +5,25 @@ priors, 180 runs over 2 optimizers x 3 sizes x 3 horizons x 2 batch sizes x 5 LR
 nutpie (4 chains x --draws after as many tuning steps) and check whether the nominal 50% / 90%
 posterior predictive intervals of ln eta* cover the truth at 8 held-out targets per dataset
 (4x and 16x larger models, 1x and 4x the longest horizon). Exponent recovery: coverage of the
-90% intervals of d ln eta* / d ln x at the data centre, and their mean absolute error.
+90% intervals of d ln eta* / d ln x at the data centre, and their mean absolute error. The
+same for the law's curvature coefficients and the scatter and curve-shape parameters, and
+the law's error at the targets in posterior sds: these show which part of the posterior is
+overconfident when the target coverage falls short.
 Coverage is printed with a 90% bootstrap interval that resamples whole datasets.
 
 Datasets are fitted --workers at a time in separate processes, each sampling its chains on
-one core: a fit spends most of its time compiling the model on one core, so two fits side by
-side use both cores.
+one core. Each process fits its datasets in chunks that share one compiled model
+(bayeslr.fit.CompiledModels): compiling takes most of a single fit's time, and the datasets
+differ only in their data.
 
-Usage: python benchmarks/calibration.py [--datasets 60] [--seed 0] [--draws 500] [--workers 2]
+Usage: python benchmarks/calibration.py [--datasets 120] [--seed 0] [--draws 500] [--workers 2]
 Last line: calibration: coverage50=<x> coverage90=<y> targets=<n>
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,35 +32,44 @@ from tqdm import tqdm
 
 from bayeslr.calibration import DatasetResult, calibration_dataset, summarize
 from bayeslr.errors import ModelError
+from bayeslr.fit import CompiledModels
 
 
-def _one(seed: int, draws: int, cores: int) -> DatasetResult | str:
-    try:
-        return calibration_dataset(seed, draws=draws, cores=cores)
-    except ModelError as err:  # a prior draw the sweep design cannot fit
-        return f"dataset seed {seed}: skipped ({err})"
+def _chunk(seeds: list[int], draws: int, cores: int) -> list[DatasetResult | str]:
+    """Fit datasets in turn with one CompiledModels: they share the model's structure, so it
+    is compiled once per chunk instead of once per dataset."""
+    compiled, out = CompiledModels(), []
+    for seed in seeds:
+        try:
+            out.append(calibration_dataset(seed, draws=draws, cores=cores, compiled=compiled))
+        except ModelError as err:  # a prior draw the sweep design cannot fit
+            out.append(f"dataset seed {seed}: skipped ({err})")
+    return out
 
 
 def run(seeds: list[int], *, draws: int, workers: int, quiet: bool) -> list[DatasetResult]:
-    """Fit every dataset, `workers` processes at a time; results in seed order."""
+    """Fit every dataset, `workers` processes at a time, in chunks of about a third of each
+    worker's share; results in seed order."""
     cores = 1 if workers > 1 else None
+    size = max(1, math.ceil(len(seeds) / (3 * workers)))
+    chunks = [seeds[i:i + size] for i in range(0, len(seeds), size)]
     context = multiprocessing.get_context("spawn")
-    results: dict[int, DatasetResult] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(_one, s, draws, cores): s for s in seeds}
-        for future in tqdm(as_completed(futures), total=len(futures), disable=quiet,
-                           desc="datasets"):
-            out = future.result()
-            if isinstance(out, str):
-                print(out)
-            else:
-                results[futures[future]] = out
-    return [results[s] for s in sorted(results)]
+    results = []
+    with (ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
+          tqdm(total=len(seeds), disable=quiet, desc="datasets") as bar):
+        for future in as_completed([pool.submit(_chunk, c, draws, cores) for c in chunks]):
+            for out in future.result():
+                if isinstance(out, str):
+                    print(out)
+                else:
+                    results.append(out)
+                bar.update()
+    return sorted(results, key=lambda r: int(r.targets["dataset"].iloc[0]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", type=int, default=60)
+    parser.add_argument("--datasets", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--draws", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
@@ -72,6 +86,11 @@ def main() -> None:
     print(f"median |log eta* error| at targets: {s['median_abs_error']:.3f} (natural log units)")
     print("exponent recovery (90% intervals, natural units):\n"
           + s["exponents"].round(3).to_string())
+    print("curvature, scatter and curve-shape parameters (truth inside the 50% / 90% "
+          "intervals; mean_z = (posterior mean - truth) / posterior sd):\n"
+          + s["parameters"].round(3).to_string())
+    print(f"law at the targets, residual left out: z = (mean - truth) / sd has mean "
+          f"{s['law_z_mean']:.2f} and sd {s['law_z_sd']:.2f} (0 and 1 when calibrated)")
     for level in ("50", "90"):
         lo, hi = s[f"coverage{level}_ci"]
         print(f"coverage of the {level}% intervals: {s[f'coverage{level}']:.3f} "

@@ -12,7 +12,7 @@ import pytest
 
 from bayeslr.features import build_features
 from bayeslr.loglik import RUN
-from bayeslr.model import build_model, parameterization
+from bayeslr.model import build_model, compile_key, parameterization
 from bayeslr.priors import model_priors
 from bayeslr.schema import DIMS
 from bayeslr.spec import ModelSpec
@@ -45,6 +45,20 @@ def test_parameterization_follows_how_strongly_the_data_pin_each_level():
     strong = features_of(sweep(n_params=(1e5, 2e5, 4e5, 8e5, 1.6e6), tokens=(5e7, 1e8),
                                n_lrs=6, seeds=2))
     assert parameterization(strong) == {"loss_min", "log_eta", "curv", "slope"}
+
+
+def test_compile_key_changes_with_structure_not_with_data():
+    spec = ModelSpec()
+
+    def key(sim, spec=spec):
+        features = features_of(sim, spec)
+        return compile_key(features, model_priors(features, spec), spec)
+
+    first = key(sweep())
+    assert key(sweep(seed=1)) == first  # other losses, divergences and data-driven priors
+    assert key(sweep(), ModelSpec(curvature=False)) != first
+    assert key(sweep(), ModelSpec(priors={"resid_sd": (-2.0, 0.5)})) != first
+    assert key(sweep(n_params=(1e5, 4e5, 1.6e6, 6.4e6))) != first
 
 
 def test_effective_and_sharpness_variants_build():
