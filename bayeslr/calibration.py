@@ -120,8 +120,9 @@ def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None
         posterior = fit(sweep, draws=draws, tune=draws, chains=4, seed=seed, cores=cores,
                         progressbar=False, compiled=compiled)
     tg = calibration_targets()
-    draws = posterior.draw_curve_params(tg, seed=seed)
-    log_eta, law_draws = draws["log_eta"].values, draws["log_eta_law"].values  # (sample, target)
+    curve_draws = posterior.draw_curve_params(tg, seed=seed)
+    log_eta = curve_draws["log_eta"].values  # (sample, target)
+    law_draws = curve_draws["log_eta_law"].values
     true_law = law.log_eta(tg["n_params"], tg["tokens"], tg["batch_size"], tg["optimizer"])
     truth = true_law + law.resid_sd * rng.standard_normal(len(tg))
     q = np.quantile(log_eta, [0.05, 0.25, 0.75, 0.95], axis=0)
