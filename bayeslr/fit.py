@@ -155,7 +155,8 @@ def sample(model: Any, *, sampler: str, draws: int, tune: int, chains: int, seed
         import nutpie
 
         start = time.perf_counter()
-        compiled_model = (compiled or CompiledModels()).get(model, key)
+        models = compiled if compiled is not None else CompiledModels()
+        compiled_model = models.get(model, key)
         timings["compile_seconds"] = round(time.perf_counter() - start, 2)
         idata = nutpie.sample(compiled_model, draws=draws, tune=tune, chains=chains, cores=cores,
                               seed=seed, save_warmup=False, progress_bar=progressbar,
