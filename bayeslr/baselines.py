@@ -1,7 +1,8 @@
 """What people do without bayeslr, and how a measured sweep is read: the yardsticks.
 
 - `sweep_optimum`: a configuration's measured optimum, the vertex of a quadratic in ln LR fitted
-  to the stable points around the grid argmin (the grid argmin alone is quantised to the grid).
+  to the stable points around the grid argmin (the grid argmin alone is quantised to the grid);
+  seeds at one LR are averaged.
 - `measured_loss`: that sweep's loss at any LR, for the regret of an off-grid choice.
 - `fit_ols_law` / `OLSLaw.predict`: the usual practice — take each configuration's grid argmin
   and fit a power law log eta* = a + sum_k b_k log x_k by least squares, per optimizer.
@@ -50,14 +51,15 @@ def sweep_optimum(lr: Sequence[float], loss: Sequence[float],
                   diverged: Sequence[bool]) -> SweepOptimum:
     """Summarise one configuration's sweep; raises ModelError without 2 stable points below
     its first divergence. Runs at LRs above a diverged one are past the stability edge (their
-    losses are erratic), so they are not read as part of the curve."""
-    lr, loss = np.asarray(lr, float), np.asarray(loss, float)
-    bad = np.asarray(diverged, bool) | ~np.isfinite(loss)
+    losses are erratic), so they are not read as part of the curve. Repeated LRs (seeds) are
+    read as one point: their mean loss, diverged if any of them diverged."""
+    lr, loss, bad = _per_lr(np.asarray(lr, float), np.asarray(loss, float),
+                            np.asarray(diverged, bool))
     first_div = float(np.log(lr[bad]).min()) if bad.any() else np.inf
     below = ~bad & (np.log(lr) < first_div)
     if below.sum() < 2:
         raise ModelError(f"a sweep needs >= 2 stable runs below its first divergence to locate "
-                         f"its optimum; got {below.sum()} of {len(lr)}")
+                         f"its optimum; got {below.sum()} of {len(lr)} LRs")
     order = np.argsort(lr[below])
     x, y = np.log(lr[below])[order], loss[below][order]
     best = int(np.argmin(y))
@@ -70,6 +72,18 @@ def sweep_optimum(lr: Sequence[float], loss: Sequence[float],
     return SweepOptimum(lr_argmin=float(np.exp(x[best])), lr_opt=float(np.exp(vertex)),
                         loss_opt=float(np.polyval(coef, vertex)), log_lr=x, loss=y,
                         first_diverged_log_lr=first_div, coef=coef, window=window)
+
+
+def _per_lr(lr: np.ndarray, loss: np.ndarray,
+            diverged: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unique LRs, mean loss over their runs, whether any run there failed)."""
+    unique, index = np.unique(lr, return_inverse=True)
+    bad = diverged | ~np.isfinite(loss)
+    failed = np.bincount(index, weights=bad, minlength=len(unique)) > 0
+    total = np.bincount(index, weights=np.where(bad, 0.0, loss), minlength=len(unique))
+    mean = np.divide(total, np.bincount(index, minlength=len(unique)), where=~failed,
+                     out=np.full(len(unique), np.nan))
+    return unique, mean, failed
 
 
 def _local_quadratic(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -11,6 +11,13 @@ Each prediction is scored against that configuration's measured sweep:
   in percent of that loss (bayeslr.baselines.measured_loss reads the sweep off-grid);
 - coverage: whether the measured optimum lies in the 90% credible interval.
 
+The fit sees one seed (the first) of the training sizes, as a user's small sweeps would. The
+held-out sweeps are read with all their seeds: losses at one LR are averaged, and an LR where
+any seed diverged counts as diverged (bayeslr.baselines.sweep_optimum), so the measured optimum
+carries less seed noise. With two or more seeds the run also prints the seed noise floor: the
+regret of each seed's own optimum on another seed's sweep, the best a grid search at the target
+with one seed could do on a fresh seed. The scores against the first seed alone are printed too.
+
 The bayeslr LR scored is the posterior median of eta*; the risk-aware recommendation
 (bayeslr.decisions.recommend, default divergence cost) is scored alongside as `bayes_rec`.
 A sweep is read as bayeslr.baselines.sweep_optimum does: runs at LRs above the first diverged
@@ -76,13 +83,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def split_sizes(table: pd.DataFrame, train_sizes: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs of the `train_sizes` smallest sizes, runs of the largest size)."""
+    """(runs of the first seed at the `train_sizes` smallest sizes, every run of the largest
+    size)."""
     sizes = np.sort(table["n_params"].unique())
     if len(sizes) <= train_sizes:
         raise SystemExit(f"the sweep has {len(sizes)} model sizes; need more than "
                          f"--train-sizes {train_sizes}")
     train = table[table["n_params"].isin(sizes[:train_sizes])]
-    return train, table[table["n_params"] == sizes[-1]]
+    return train[train["seed"] == train["seed"].min()], table[table["n_params"] == sizes[-1]]
 
 
 def optima(table: pd.DataFrame) -> pd.DataFrame:
@@ -118,9 +126,42 @@ def same_lr_baseline(train_optima: pd.DataFrame, held: pd.DataFrame) -> np.ndarr
 
 
 def compute_ratio(train: pd.DataFrame, test: pd.DataFrame) -> float:
-    """FLOPs of every training-size run over FLOPs of the full LR grid at the held-out size
+    """FLOPs of every training-size run over FLOPs of one seed's LR grid at the held-out size
     (both counted run by run, as if each run were trained from scratch)."""
-    return float(train["flops"].sum() / test["flops"].sum())
+    grid = test[test["seed"] == test["seed"].min()]
+    return float(train["flops"].sum() / grid["flops"].sum())
+
+
+def seed_noise(test: pd.DataFrame, divergence_loss: float) -> pd.DataFrame | None:
+    """Per configuration and ordered pair of seeds (a, b): the regret (% of loss) of seed a's
+    measured optimum on seed b's sweep, and |log10| of the ratio of the two optima; None with
+    one seed."""
+    seeds = sorted(test["seed"].unique())
+    if len(seeds) < 2:
+        return None
+    per_seed = {s: optima(test[test["seed"] == s]).set_index(CONFIG) for s in seeds}
+    rows = []
+    for a, b in ((a, b) for a in seeds for b in seeds if a != b):
+        pair = per_seed[a].merge(per_seed[b], left_index=True, right_index=True,
+                                 suffixes=("_a", "_b"))
+        for key, row in pair.iterrows():
+            nats = regret(row["opt_b"], row["lr_opt_a"], divergence_loss=divergence_loss)
+            rows.append({"config": key, "regret_pct": 100 * nats / row["loss_opt_b"],
+                         "log10_diff": abs(np.log10(row["lr_opt_a"] / row["lr_opt_b"]))})
+    return pd.DataFrame(rows)
+
+
+def print_first_seed(test: pd.DataFrame, held: pd.DataFrame, divergence_loss: float) -> None:
+    """The same predictions scored against the first seed's sweeps alone."""
+    first = optima(test[test["seed"] == test["seed"].min()])
+    merged = first.merge(held[CONFIG + ["eta_median", "eta_lo90", "eta_hi90", "ols_lr"]],
+                         on=CONFIG)
+    bayes = score(merged, merged["eta_median"].to_numpy(), divergence_loss)
+    ols = score(merged, merged["ols_lr"].to_numpy(), divergence_loss)
+    covered = merged["lr_opt"].between(merged["eta_lo90"], merged["eta_hi90"])
+    print(f"against the first seed alone: median regret bayeslr "
+          f"{bayes['regret_pct'].median():.3f}%, OLS {ols['regret_pct'].median():.3f}%; "
+          f"90% interval covers {covered.sum()} of {len(merged)}")
 
 
 def cost_lines(args: argparse.Namespace, ratio: float, n_lrs: int) -> list[str]:
@@ -195,13 +236,14 @@ def main() -> None:
                                    ("ols", "ols_lr"), ("same_lr", "same_lr"))}
     covered = (held["lr_opt"] >= held["eta_lo90"]) & (held["lr_opt"] <= held["eta_hi90"])
     ratio = compute_ratio(train, test)
-    n_lrs = int(test.groupby(CONFIG).size().median())
+    n_lrs = int(test.groupby(CONFIG)["lr"].nunique().median())
 
     sizes = sorted(train["n_params"].unique())
     print(f"fit: {len(train)} runs, sizes {[f'{s:.3g}' for s in sizes]}; max R-hat "
           f"{diag['rhat_max']:.3f}, min bulk ESS {diag['ess_bulk_min']:.0f}, "
           f"{posterior.info.get('seconds')} s")
-    print(f"held out: N={held['n_params'].iloc[0]:.3g}, {len(held)} configurations\n")
+    print(f"held out: N={held['n_params'].iloc[0]:.3g}, {len(held)} configurations, "
+          f"{test['seed'].nunique()} seed(s) per LR averaged\n")
     detail = held[CONFIG + ["lr_opt", "eta_median", "eta_lo90", "eta_hi90", "ols_lr",
                             "same_lr"]].assign(
         bayes_regret_pct=scores["bayeslr"]["regret_pct"].to_numpy(),
@@ -215,6 +257,13 @@ def main() -> None:
               f"{s['regret_pct'].median():>16.3f} {s['regret_pct'].mean():>14.3f}")
     print(f"\n90% interval covers the measured optimum in {covered.sum()} of {len(held)} "
           f"configurations")
+    print_first_seed(test, held, divergence_loss)
+    noise = seed_noise(test, divergence_loss)
+    if noise is not None:
+        print(f"seed noise floor at the held-out size: a seed's own optimum on another seed's "
+              f"sweep costs {noise['regret_pct'].median():.3f}% (median; mean "
+              f"{noise['regret_pct'].mean():.3f}%), optima differ by "
+              f"{noise['log10_diff'].median():.3f} decades (median; {len(noise)} pairs)")
     print(f"compute: small sweeps / grid search at the held-out size = {ratio:.3f}")
     for line in cost_lines(args, ratio, n_lrs):
         print(line)

@@ -55,6 +55,19 @@ def test_runs_past_a_divergence_are_not_read_as_the_curve():
     assert measured_loss(opt, lr[-1]) == np.inf
 
 
+def test_seeds_at_one_lr_are_averaged_and_any_divergence_counts():
+    lr, loss, div = parabola_sweep(np.log(2e-3), diverge_above=0.05)
+    shift = 0.01 * np.cos(np.arange(9))  # seed noise, opposite in the two seeds
+    both = sweep_optimum(np.r_[lr, lr], np.r_[loss + shift, loss - shift], np.r_[div, div])
+    assert both.lr_opt == pytest.approx(2e-3, rel=1e-6)
+    assert len(both.log_lr) == 6  # 6 stable LRs, not 12 runs
+    one_diverged = np.r_[div, lr > 0.01]  # the second seed diverges one LR earlier
+    edge = sweep_optimum(np.r_[lr, lr], np.r_[loss, np.where(lr > 0.01, np.nan, loss)],
+                         one_diverged)
+    assert edge.first_diverged_log_lr == pytest.approx(np.log(lr[lr > 0.01][0]))
+    assert measured_loss(edge, lr[lr > 0.01][0]) == np.inf
+
+
 def test_a_non_convex_neighbourhood_falls_back_to_the_grid():
     loss = np.array([2.40, 2.45, 2.46, 2.47, 2.48, 2.49, 2.5, 2.6, 2.7])  # flattening: concave
     opt = sweep_optimum(GRID, loss, np.zeros(9, bool))
