@@ -38,6 +38,7 @@ Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_r
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import warnings
 
@@ -90,7 +91,12 @@ def split_sizes(table: pd.DataFrame, train_sizes: int) -> tuple[pd.DataFrame, pd
         raise SystemExit(f"the sweep has {len(sizes)} model sizes; need more than "
                          f"--train-sizes {train_sizes}")
     train = table[table["n_params"].isin(sizes[:train_sizes])]
-    return train[train["seed"] == train["seed"].min()], table[table["n_params"] == sizes[-1]]
+    return first_seed(train), table[table["n_params"] == sizes[-1]]
+
+
+def first_seed(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the table's smallest seed."""
+    return table[table["seed"] == table["seed"].min()]
 
 
 def optima(table: pd.DataFrame) -> pd.DataFrame:
@@ -128,22 +134,25 @@ def same_lr_baseline(train_optima: pd.DataFrame, held: pd.DataFrame) -> np.ndarr
 def compute_ratio(train: pd.DataFrame, test: pd.DataFrame) -> float:
     """FLOPs of every training-size run over FLOPs of one seed's LR grid at the held-out size
     (both counted run by run, as if each run were trained from scratch)."""
-    grid = test[test["seed"] == test["seed"].min()]
-    return float(train["flops"].sum() / grid["flops"].sum())
+    return float(train["flops"].sum() / first_seed(test)["flops"].sum())
 
 
-def seed_noise(test: pd.DataFrame, divergence_loss: float) -> pd.DataFrame | None:
+def covered90(frame: pd.DataFrame) -> pd.Series:
+    """Whether each measured optimum lies in its 90% interval."""
+    return frame["lr_opt"].between(frame["eta_lo90"], frame["eta_hi90"])
+
+
+def seed_noise(per_seed: dict[int, pd.DataFrame], divergence_loss: float) -> pd.DataFrame | None:
     """Per configuration and ordered pair of seeds (a, b): the regret (% of loss) of seed a's
     measured optimum on seed b's sweep, and |log10| of the ratio of the two optima; None with
-    one seed."""
-    seeds = sorted(test["seed"].unique())
-    if len(seeds) < 2:
+    one seed. `per_seed`: seed -> `optima` of its runs."""
+    if len(per_seed) < 2:
         return None
-    per_seed = {s: optima(test[test["seed"] == s]).set_index(CONFIG) for s in seeds}
     rows = []
-    for a, b in ((a, b) for a in seeds for b in seeds if a != b):
-        pair = per_seed[a].merge(per_seed[b], left_index=True, right_index=True,
-                                 suffixes=("_a", "_b"))
+    for a, b in itertools.permutations(per_seed, 2):
+        pair = per_seed[a].set_index(CONFIG).merge(per_seed[b].set_index(CONFIG),
+                                                   left_index=True, right_index=True,
+                                                   suffixes=("_a", "_b"))
         for key, row in pair.iterrows():
             nats = regret(row["opt_b"], row["lr_opt_a"], divergence_loss=divergence_loss)
             rows.append({"config": key, "regret_pct": 100 * nats / row["loss_opt_b"],
@@ -151,14 +160,14 @@ def seed_noise(test: pd.DataFrame, divergence_loss: float) -> pd.DataFrame | Non
     return pd.DataFrame(rows)
 
 
-def print_first_seed(test: pd.DataFrame, held: pd.DataFrame, divergence_loss: float) -> None:
-    """The same predictions scored against the first seed's sweeps alone."""
-    first = optima(test[test["seed"] == test["seed"].min()])
+def print_first_seed(first: pd.DataFrame, held: pd.DataFrame, divergence_loss: float) -> None:
+    """The same predictions scored against the first seed's sweeps alone (`first`: its
+    `optima`)."""
     merged = first.merge(held[CONFIG + ["eta_median", "eta_lo90", "eta_hi90", "ols_lr"]],
                          on=CONFIG)
     bayes = score(merged, merged["eta_median"].to_numpy(), divergence_loss)
     ols = score(merged, merged["ols_lr"].to_numpy(), divergence_loss)
-    covered = merged["lr_opt"].between(merged["eta_lo90"], merged["eta_hi90"])
+    covered = covered90(merged)
     print(f"against the first seed alone: median regret bayeslr "
           f"{bayes['regret_pct'].median():.3f}%, OLS {ols['regret_pct'].median():.3f}%; "
           f"90% interval covers {covered.sum()} of {len(merged)}")
@@ -234,7 +243,7 @@ def main() -> None:
     scores = {name: score(held, held[column].to_numpy(), divergence_loss)
               for name, column in (("bayeslr", "eta_median"), ("bayes_rec", "recommended"),
                                    ("ols", "ols_lr"), ("same_lr", "same_lr"))}
-    covered = (held["lr_opt"] >= held["eta_lo90"]) & (held["lr_opt"] <= held["eta_hi90"])
+    covered = covered90(held)
     ratio = compute_ratio(train, test)
     n_lrs = int(test.groupby(CONFIG)["lr"].nunique().median())
 
@@ -257,8 +266,9 @@ def main() -> None:
               f"{s['regret_pct'].median():>16.3f} {s['regret_pct'].mean():>14.3f}")
     print(f"\n90% interval covers the measured optimum in {covered.sum()} of {len(held)} "
           f"configurations")
-    print_first_seed(test, held, divergence_loss)
-    noise = seed_noise(test, divergence_loss)
+    per_seed = {seed: optima(runs) for seed, runs in test.groupby("seed")}
+    print_first_seed(per_seed[min(per_seed)], held, divergence_loss)
+    noise = seed_noise(per_seed, divergence_loss)
     if noise is not None:
         print(f"seed noise floor at the held-out size: a seed's own optimum on another seed's "
               f"sweep costs {noise['regret_pct'].median():.3f}% (median; mean "
