@@ -6,10 +6,11 @@ guess, Student-t noise, divergences above the optimum; 2 optimizers x 3 model si
 x 2 batch sizes x 5 LRs = 180 runs), fits it, and scores the posterior predictive intervals of
 ln eta* at 8 held-out targets (4x and 16x the largest model, 1x and 4x the longest horizon, a
 batch size in between, both optimizers; the truth there includes a fresh configuration
-residual, as the prediction does), the exponents d ln eta* / d ln x at the data centre, and
-the law's curvature coefficients and the curve-shape and scatter parameters (where the truth
+residual, as the prediction does), the exponents d ln eta* / d ln x at the data centre, the
+law's curvature coefficients and the curve-shape and scatter parameters (where the truth
 falls in each marginal posterior: a parameter whose 90% intervals miss far more than 10% of
-the time shows where the posterior is overconfident).
+the time shows where the posterior is overconfident), and the optima of the fitted
+configurations themselves.
 `summarize` pools many datasets, with bootstrap intervals that resample whole datasets (the
 targets of one dataset share its posterior, so they are not independent).
 """
@@ -86,6 +87,25 @@ def parameter_scores(posterior: object, law: TrueLaw) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def optimum_scores(posterior: object, truth: pd.DataFrame) -> pd.DataFrame:
+    """One row per fitted configuration: its true optimum ln eta*_c (`truth`: the simulated
+    sweep's truth table), the posterior mean and sd, z, whether the truth lies in the central
+    50% / 90% intervals, and how many of its runs the fit saw diverge. These are the optima
+    the law is fitted to: when they are calibrated and the targets are not, the law's
+    extrapolation is what is overconfident."""
+    features = posterior.features
+    ids = list(features.config_ids)
+    draws = posterior.idata.posterior.dataset["log_eta"].transpose(..., DIMS.CONFIG)
+    draws = draws.values.reshape(-1, len(ids))
+    true = truth.loc[ids, "log_eta"].to_numpy(float)
+    q = np.quantile(draws, [0.05, 0.25, 0.75, 0.95], axis=0)
+    diverged = np.bincount(features.point_config[features.diverged], minlength=len(ids))
+    return pd.DataFrame({
+        "config_id": ids, "true": true, "mean": draws.mean(0), "sd": draws.std(0),
+        "z": (draws.mean(0) - true) / draws.std(0), "in50": (true >= q[1]) & (true <= q[2]),
+        "in90": (true >= q[0]) & (true <= q[3]), "n_diverged": diverged})
+
+
 def _score(name: str, optimizer: str | None, draws: np.ndarray, truth: float) -> dict:
     q = np.quantile(draws, [0.05, 0.25, 0.75, 0.95])
     return {"parameter": name, "optimizer": optimizer, "true": truth, "mean": draws.mean(),
@@ -98,11 +118,13 @@ class DatasetResult:
     """One simulated dataset's scores: `targets` (one row per held-out target: truth, median,
     in50, in90, and law_z: the error of the law's posterior mean there in posterior sds,
     residual left out), `exponents` (one row per optimizer x covariate: true, mean, in90),
-    `parameters` (see parameter_scores) and the fit's diagnostics."""
+    `parameters` (see parameter_scores), `optima` (see optimum_scores) and the fit's
+    diagnostics."""
 
     targets: pd.DataFrame
     exponents: pd.DataFrame
     parameters: pd.DataFrame
+    optima: pd.DataFrame
     diagnostics: dict
 
 
@@ -142,7 +164,9 @@ def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None
                          "true": true[name], "mean": values.mean(),
                          "in90": lo <= true[name] <= hi})
     parameters = parameter_scores(posterior, law).assign(dataset=seed)
-    return DatasetResult(targets, pd.DataFrame(rows), parameters, posterior.diagnostics())
+    optima = optimum_scores(posterior, sweep.truth).assign(dataset=seed)
+    return DatasetResult(targets, pd.DataFrame(rows), parameters, optima,
+                         posterior.diagnostics())
 
 
 def dataset_bootstrap(values: pd.Series, groups: pd.Series, *, n_boot: int = 2000,
@@ -159,10 +183,12 @@ def dataset_bootstrap(values: pd.Series, groups: pd.Series, *, n_boot: int = 200
 
 def summarize(results: list[DatasetResult]) -> dict:
     """Pooled coverage of the target intervals (with dataset-bootstrap 90% intervals), per
-    optimizer, exponent recovery, the parameters' interval coverage and mean z, the law's
-    z-scores at the targets (mean 0 and sd 1 for a calibrated law), and how many fits failed
-    their diagnostics."""
+    optimizer, exponent recovery, the parameters' interval coverage and mean z, the fitted
+    configurations' optima (coverage and z, by number of diverged runs), the law's z-scores
+    at the targets (mean 0 and sd 1 for a calibrated law), and how many fits failed their
+    diagnostics."""
     cover = pd.concat([r.targets for r in results], ignore_index=True)
+    optima = pd.concat([r.optima for r in results], ignore_index=True)
     exps = pd.concat([r.exponents for r in results], ignore_index=True)
     params = pd.concat([r.parameters for r in results], ignore_index=True)
     diag = pd.DataFrame([r.diagnostics for r in results])
@@ -180,6 +206,12 @@ def summarize(results: list[DatasetResult]) -> dict:
         "parameters": params.groupby("parameter", sort=False).agg(
             coverage50=("in50", "mean"), coverage90=("in90", "mean"), mean_z=("z", "mean"),
             n=("in90", "size")),
+        "optima": optima.groupby("n_diverged").agg(
+            coverage50=("in50", "mean"), coverage90=("in90", "mean"), mean_z=("z", "mean"),
+            sd_z=("z", "std"), n=("z", "size")),
+        "optima_coverage50": float(optima["in50"].mean()),
+        "optima_coverage90": float(optima["in90"].mean()),
+        "optima_z_sd": float(optima["z"].std()),
         "law_z_mean": float(cover["law_z"].mean()), "law_z_sd": float(cover["law_z"].std()),
         "rhat_over": int((diag["rhat_max"] > 1.01).sum()),
         "with_divergences": int((diag["n_divergences"] > 0).sum()),
@@ -187,4 +219,5 @@ def summarize(results: list[DatasetResult]) -> dict:
 
 
 __all__ = ["DatasetResult", "calibration_dataset", "calibration_targets", "dataset_bootstrap",
-           "parameter_scores", "summarize", "true_exponents", "true_parameters"]
+           "optimum_scores", "parameter_scores", "summarize", "true_exponents",
+           "true_parameters"]

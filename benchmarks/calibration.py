@@ -6,8 +6,9 @@ nutpie (4 chains x --draws after as many tuning steps) and check whether the nom
 posterior predictive intervals of ln eta* cover the truth at 8 held-out targets per dataset
 (4x and 16x larger models, 1x and 4x the longest horizon). Exponent recovery: coverage of the
 90% intervals of d ln eta* / d ln x at the data centre, and their mean absolute error. The
-same for the law's curvature coefficients and the scatter and curve-shape parameters, and
-the law's error at the targets in posterior sds: these show which part of the posterior is
+same for the law's curvature coefficients and the scatter and curve-shape parameters, for
+the optima of the fitted configurations (by how many of their runs diverged), and the law's
+error at the targets in posterior sds: these show which part of the posterior is
 overconfident when the target coverage falls short.
 Coverage is printed with a 90% bootstrap interval that resamples whole datasets.
 
@@ -89,6 +90,10 @@ def main() -> None:
     print("curvature, scatter and curve-shape parameters (truth inside the 50% / 90% "
           "intervals; mean_z = (posterior mean - truth) / posterior sd):\n"
           + s["parameters"].round(3).to_string())
+    print(f"optima of the fitted configurations: truth inside the 50% / 90% intervals "
+          f"{s['optima_coverage50']:.3f} / {s['optima_coverage90']:.3f}, z sd "
+          f"{s['optima_z_sd']:.2f}; by number of runs the fit saw diverge:\n"
+          + s["optima"].round(3).to_string())
     print(f"law at the targets, residual left out: z = (mean - truth) / sd has mean "
           f"{s['law_z_mean']:.2f} and sd {s['law_z_sd']:.2f} (0 and 1 when calibrated)")
     for level in ("50", "90"):

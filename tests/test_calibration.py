@@ -25,6 +25,7 @@ def test_datasets_share_one_compiled_model_and_get_the_draws_of_a_fresh_one(resu
     fresh = calibration_dataset(2, draws=300)
     pd.testing.assert_frame_equal(fresh.targets, results[2].targets)
     pd.testing.assert_frame_equal(fresh.parameters, results[2].parameters)
+    pd.testing.assert_frame_equal(fresh.optima, results[2].optima)
 
 
 def test_intervals_at_held_out_targets_cover_the_simulated_truth(results):
@@ -77,3 +78,19 @@ def test_scatter_curvature_and_shape_parameters_are_scored_against_the_truth(res
     assert list(summary["parameters"].index) == list(dict.fromkeys(params["parameter"]))
     # the law's error at the 24 targets in posterior sds (measured: mean 0.61, sd 0.72)
     assert abs(summary["law_z_mean"]) < 1.5 and 0.2 < summary["law_z_sd"] < 2.0
+
+
+def test_fitted_configurations_optima_are_scored_against_the_simulated_truth(results):
+    optima = pd.concat([r.optima for r in results], ignore_index=True)
+    assert len(optima) == 3 * 36  # 2 optimizers x 3 sizes x 3 horizons x 2 batch sizes
+    assert optima.groupby("dataset")["config_id"].nunique().eq(36).all()
+    assert np.isfinite(optima[["true", "mean", "sd", "z"]]).all().all()
+    assert (optima["in90"] | ~optima["in50"]).all()
+    assert optima["n_diverged"].between(0, 5).all() and optima["n_diverged"].sum() > 0
+    # 108 optima at 90%: fewer than 86 inside has a chance of about 1% if independent
+    assert optima["in90"].mean() >= 86 / 108
+    assert (optima["mean"] - optima["true"]).abs().median() < 0.15  # natural-log units
+    summary = summarize(results)
+    table = summary["optima"]
+    assert table["n"].sum() == len(optima)
+    assert summary["optima_coverage90"] == pytest.approx(optima["in90"].mean())
