@@ -87,7 +87,8 @@ def test_fitted_configurations_optima_are_scored_against_the_simulated_truth(res
     assert np.isfinite(optima[["true", "mean", "sd", "z"]]).all().all()
     assert (optima["in90"] | ~optima["in50"]).all()
     assert optima["n_diverged"].between(0, 5).all() and optima["n_diverged"].sum() > 0
-    # 108 optima at 90%: fewer than 86 inside has a chance of about 1% if independent
+    # 108 optima at 90%: fewer than 86 inside has a chance of 0.04% if independent; they are
+    # clustered within datasets, hence the margin (measured: 97 of 108)
     assert optima["in90"].mean() >= 86 / 108
     assert (optima["mean"] - optima["true"]).abs().median() < 0.15  # natural-log units
     summary = summarize(results)
