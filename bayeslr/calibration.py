@@ -98,19 +98,23 @@ def optimum_scores(posterior: object, truth: pd.DataFrame) -> pd.DataFrame:
     draws = posterior.idata.posterior.dataset["log_eta"].transpose(..., DIMS.CONFIG)
     draws = draws.values.reshape(-1, len(ids))
     true = truth.loc[ids, "log_eta"].to_numpy(float)
-    q = np.quantile(draws, [0.05, 0.25, 0.75, 0.95], axis=0)
     diverged = np.bincount(features.point_config[features.diverged], minlength=len(ids))
-    return pd.DataFrame({
-        "config_id": ids, "true": true, "mean": draws.mean(0), "sd": draws.std(0),
-        "z": (draws.mean(0) - true) / draws.std(0), "in50": (true >= q[1]) & (true <= q[2]),
-        "in90": (true >= q[0]) & (true <= q[3]), "n_diverged": diverged})
+    return pd.DataFrame({"config_id": ids, "true": true, **interval_scores(draws, true),
+                         "n_diverged": diverged})
+
+
+def interval_scores(draws: np.ndarray, truth: np.ndarray | float) -> dict[str, np.ndarray]:
+    """Score truths against posterior draws along the first axis: posterior mean and sd,
+    z = (mean - truth) / sd, and whether each truth lies in the central 50% / 90% intervals."""
+    q = np.quantile(draws, [0.05, 0.25, 0.75, 0.95], axis=0)
+    mean, sd = draws.mean(0), draws.std(0)
+    return {"mean": mean, "sd": sd, "z": (mean - truth) / sd,
+            "in50": (truth >= q[1]) & (truth <= q[2]), "in90": (truth >= q[0]) & (truth <= q[3])}
 
 
 def _score(name: str, optimizer: str | None, draws: np.ndarray, truth: float) -> dict:
-    q = np.quantile(draws, [0.05, 0.25, 0.75, 0.95])
-    return {"parameter": name, "optimizer": optimizer, "true": truth, "mean": draws.mean(),
-            "z": (draws.mean() - truth) / draws.std(), "in50": q[1] <= truth <= q[2],
-            "in90": q[0] <= truth <= q[3]}
+    scores = {key: value.item() for key, value in interval_scores(draws, truth).items()}
+    return {"parameter": name, "optimizer": optimizer, "true": truth, **scores}
 
 
 @dataclass(frozen=True)
@@ -147,22 +151,20 @@ def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None
     law_draws = curve_draws["log_eta_law"].values
     true_law = law.log_eta(tg["n_params"], tg["tokens"], tg["batch_size"], tg["optimizer"])
     truth = true_law + law.resid_sd * rng.standard_normal(len(tg))
-    q = np.quantile(log_eta, [0.05, 0.25, 0.75, 0.95], axis=0)
+    scores = interval_scores(log_eta, truth)
     targets = tg.assign(dataset=seed, truth=truth, median=np.median(log_eta, axis=0),
-                        in50=(truth >= q[1]) & (truth <= q[2]),
-                        in90=(truth >= q[0]) & (truth <= q[3]),
-                        law_z=(law_draws.mean(0) - true_law) / law_draws.std(0))
+                        in50=scores["in50"], in90=scores["in90"],
+                        law_z=interval_scores(law_draws, true_law)["z"])
     centre = {c: float(np.exp(np.log(sweep.truth[c].astype(float)).mean())) for c in COVARIATES}
     exps = posterior.exponents()
     rows = []
     for opt in OPTIMIZERS:
         true = true_exponents(law, centre, opt)
         for name in posterior.covariates:
-            values = exps[name].sel(optimizer=opt).values.ravel()
-            lo, hi = np.quantile(values, [0.05, 0.95])
+            scores = interval_scores(exps[name].sel(optimizer=opt).values.ravel(), true[name])
             rows.append({"dataset": seed, "optimizer": opt, "covariate": name,
-                         "true": true[name], "mean": values.mean(),
-                         "in90": lo <= true[name] <= hi})
+                         "true": true[name], "mean": scores["mean"].item(),
+                         "in90": scores["in90"].item()})
     parameters = parameter_scores(posterior, law).assign(dataset=seed)
     optima = optimum_scores(posterior, sweep.truth).assign(dataset=seed)
     return DatasetResult(targets, pd.DataFrame(rows), parameters, optima,
@@ -183,10 +185,10 @@ def dataset_bootstrap(values: pd.Series, groups: pd.Series, *, n_boot: int = 200
 
 def summarize(results: list[DatasetResult]) -> dict:
     """Pooled coverage of the target intervals (with dataset-bootstrap 90% intervals), per
-    optimizer, exponent recovery, the parameters' interval coverage and mean z, the fitted
-    configurations' optima (coverage and z, by number of diverged runs), the law's z-scores
-    at the targets (mean 0 and sd 1 for a calibrated law), and how many fits failed their
-    diagnostics."""
+    optimizer and per target size x horizon, exponent recovery, the parameters' interval
+    coverage and mean z, the fitted configurations' optima (coverage and z, by number of
+    diverged runs), the law's z-scores at the targets (mean 0 and sd 1 for a calibrated law),
+    and how many fits failed their diagnostics."""
     cover = pd.concat([r.targets for r in results], ignore_index=True)
     optima = pd.concat([r.optima for r in results], ignore_index=True)
     exps = pd.concat([r.exponents for r in results], ignore_index=True)
@@ -201,6 +203,9 @@ def summarize(results: list[DatasetResult]) -> dict:
         "coverage90_ci": dataset_bootstrap(cover["in90"], cover["dataset"]),
         "targets": len(cover), "datasets": len(results),
         "by_optimizer": cover.groupby("optimizer")[["in50", "in90"]].mean(),
+        "by_target": cover.groupby(["n_params", "tokens"]).agg(
+            coverage50=("in50", "mean"), coverage90=("in90", "mean"),
+            law_z_sd=("law_z", "std"), n=("in90", "size")),
         "median_abs_error": float((cover["median"] - cover["truth"]).abs().median()),
         "exponents": recovery,
         "parameters": params.groupby("parameter", sort=False).agg(
@@ -219,5 +224,5 @@ def summarize(results: list[DatasetResult]) -> dict:
 
 
 __all__ = ["DatasetResult", "calibration_dataset", "calibration_targets", "dataset_bootstrap",
-           "optimum_scores", "parameter_scores", "summarize", "true_exponents",
+           "interval_scores", "optimum_scores", "parameter_scores", "summarize", "true_exponents",
            "true_parameters"]

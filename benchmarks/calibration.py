@@ -84,6 +84,8 @@ def main() -> None:
     print(f"fits with R-hat > 1.01: {s['rhat_over']}; with divergent transitions: "
           f"{s['with_divergences']}")
     print("coverage by optimizer:\n" + s["by_optimizer"].round(3).to_string())
+    print("coverage by target (the law's z sd with the residual left out):\n"
+          + s["by_target"].round(3).to_string())
     print(f"median |log eta* error| at targets: {s['median_abs_error']:.3f} (natural log units)")
     print("exponent recovery (90% intervals, natural units):\n"
           + s["exponents"].round(3).to_string())

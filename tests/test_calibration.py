@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslr.calibration import calibration_dataset, dataset_bootstrap, summarize
+from bayeslr.calibration import calibration_dataset, dataset_bootstrap, interval_scores, summarize
 from bayeslr.fit import CompiledModels
 
 
@@ -38,6 +38,9 @@ def test_intervals_at_held_out_targets_cover_the_simulated_truth(results):
     assert summary["median_abs_error"] < 0.4  # natural-log units, at 4-16x extrapolation
     lo, hi = summary["coverage90_ci"]
     assert lo <= summary["coverage90"] <= hi
+    by_target = summary["by_target"]
+    assert len(by_target) == 4 and (by_target["n"] == 6).all()  # 2 sizes x 2 horizons
+    assert by_target["coverage90"].mean() == pytest.approx(summary["coverage90"])
 
 
 def test_exponents_are_recovered_at_the_data_centre(results):
@@ -52,6 +55,17 @@ def test_each_target_row_scores_the_truth_against_its_intervals(results):
     targets = results[0].targets
     assert len(targets) == 8 and np.isfinite(targets[["truth", "median"]]).all().all()
     assert (targets["in90"] | ~targets["in50"]).all()  # inside the 50% => inside the 90%
+
+
+def test_interval_scores_use_central_quantiles_of_the_draws():
+    draws = np.arange(1001.0)[:, None] + np.array([0.0, 100.0])  # two columns, uniform draws
+    scores = interval_scores(draws, np.array([300.0, 300.0]))
+    assert scores["mean"].tolist() == [500.0, 600.0]
+    assert scores["in50"].tolist() == [True, False]  # 25-75%: [250, 750] and [350, 850]
+    assert scores["in90"].tolist() == [True, True]
+    assert scores["z"][0] == pytest.approx(200 / np.arange(1001.0).std())
+    scalar = interval_scores(np.arange(1001.0), 990.0)
+    assert not scalar["in90"] and scalar["z"] < 0
 
 
 def test_dataset_bootstrap_resamples_whole_datasets():

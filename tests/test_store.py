@@ -80,25 +80,71 @@ def test_store_path_that_is_a_file_is_refused(tmp_path):
 
 
 WRITER = """
-import sys
+import builtins, io, sys, time
 from tests.conftest import make_record
 from bayeslr.store import SweepStore
+
+
+class SlowDisk:
+    \"\"\"A file opened for writing whose writes land in two halves 50 ms apart, so that a kill
+    at a random moment most likely falls in the middle of writing a run.\"\"\"
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def write(self, text):
+        half = len(text) // 2
+        self._handle.write(text[:half])
+        self._handle.flush()
+        time.sleep(0.05)
+        return half + self._handle.write(text[half:])
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._handle.__exit__(*exc)
+
+
+def open_slowly(file, mode="r", *args, real_open=io.open, **kwargs):
+    handle = real_open(file, mode, *args, **kwargs)
+    return SlowDisk(handle) if any(flag in mode for flag in "wax") else handle
+
+
+builtins.open = io.open = open_slowly
 store = SweepStore(sys.argv[1])
 for i in range(10_000):
-    store.put(make_record(lr=1e-4 * (1 + i), curve_points=4000))
+    store.put(make_record(lr=1e-4 * (1 + i), curve_points=400))
 """
+
+
+def _wait_for_a_new_run_file(root, proc, timeout_s=120.0):
+    """Poll until the writer has stored a new run, so a kill lands mid-stream however slow
+    the interpreter's start-up is."""
+    before = len(list(root.glob("*.json")))
+    deadline = time.monotonic() + timeout_s
+    while len(list(root.glob("*.json"))) <= before:
+        assert proc.poll() is None, "the writer exited before writing a run"
+        assert time.monotonic() < deadline, f"the writer wrote no run within {timeout_s} s"
+        time.sleep(0.02)
 
 
 def test_killing_a_writer_mid_way_leaves_no_partial_run_file(tmp_path):
     root = tmp_path / "sweep"
-    for delay in (0.6, 0.9, 1.3):
+    for delay in (0.01, 0.03, 0.08, 0.12, 0.2):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root)],
                                 cwd=os.path.dirname(os.path.dirname(__file__)))
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            _wait_for_a_new_run_file(root, proc)
+            time.sleep(delay)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
     files = list(root.glob("*.json"))
-    assert files, "the writer never wrote a run; raise the delays"
+    assert files
     for path in files:
         record = read_run_file(path)
         assert json.loads(path.read_text())["run_id"] == record.run_id
