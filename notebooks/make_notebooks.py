@@ -23,7 +23,8 @@ import pandas as pd
 
 pd.set_option("display.width", 140)
 pd.set_option("display.precision", 4)
-workdir = Path(tempfile.mkdtemp(prefix="bayeslr-notebook-"))  # files written here"""
+scratch = tempfile.TemporaryDirectory(prefix="bayeslr-notebook-")  # removed with the kernel
+workdir = Path(scratch.name)  # files this notebook writes"""
 
 LOAD_MARIN = """\
 from bayeslr.datasets import marin_csv
