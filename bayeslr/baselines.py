@@ -109,6 +109,8 @@ def regret(opt: SweepOptimum, lr: float, *, divergence_loss: float) -> float:
     """Loss of training at `lr` minus the sweep's optimal loss (nats/token), at least 0 (a
     grid point can sit below the fitted optimum by noise); a diverged choice costs
     `divergence_loss` (e.g. the loss at initialisation) minus the optimum."""
+    if not (np.isfinite(lr) and lr > 0):
+        raise ModelError(f"regret: expected a finite LR > 0, got {lr!r}")
     loss = measured_loss(opt, lr)
     return max(0.0, float(min(loss, divergence_loss) - opt.loss_opt))
 

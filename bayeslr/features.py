@@ -330,6 +330,13 @@ def _floats(values: np.ndarray | tuple) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+MIN_TERM_SD = 0.05
+"""A curvature term is identified when the part of its column (a product of standardized
+covariates) that the intercepts, covariates and earlier terms do not explain has at least this
+standard deviation. Near-duplicates of a level (e.g. token counts that differ by 0.5% between
+batch sizes because runs end on whole steps) do not count as distinct values."""
+
+
 def _curvature_terms(names: tuple[str, ...], z: np.ndarray, opt: np.ndarray, fam: np.ndarray,
                      notes: list[str]) -> tuple[tuple[int, int], ...]:
     """Quadratic and interaction terms of the size covariates that the design identifies."""
@@ -340,15 +347,20 @@ def _curvature_terms(names: tuple[str, ...], z: np.ndarray, opt: np.ndarray, fam
     kept = []
     for i, j in candidates:
         column = z[:, i] * z[:, j]
-        trial = np.column_stack([design, column])
-        if np.linalg.matrix_rank(trial, tol=1e-8 * len(z)) > np.linalg.matrix_rank(design):
-            design, kept = trial, kept + [(i, j)]
+        if _unexplained_sd(design, column) >= MIN_TERM_SD:
+            design, kept = np.column_stack([design, column]), kept + [(i, j)]
         else:
             name = term_names(names, ((i, j),))[0]
             need = (f"needs >= 3 distinct values of {names[i]}" if i == j else
                     f"needs {names[i]} and {names[j]} varied jointly")
             notes.append(f"curvature term {name} not identified ({need}); dropped")
     return tuple(kept)
+
+
+def _unexplained_sd(design: np.ndarray, column: np.ndarray) -> float:
+    """Standard deviation of the least-squares residual of `column` on `design`."""
+    coef, *_ = np.linalg.lstsq(design, column, rcond=None)
+    return float(np.std(column - design @ coef))
 
 
 def _base_design(z: np.ndarray, opt: np.ndarray, fam: np.ndarray) -> np.ndarray:

@@ -39,6 +39,13 @@ def test_measured_loss_follows_the_curve_and_counts_divergence():
     assert np.interp(np.log(1.5e-4), np.log(GRID[:2]), loss[:2]) == pytest.approx(far)
 
 
+@pytest.mark.parametrize("lr", [np.nan, 0.0, -1e-3, np.inf])
+def test_regret_of_a_missing_or_invalid_lr_is_refused_not_zero(lr):
+    opt = sweep_optimum(*parabola_sweep(np.log(1e-2)))
+    with pytest.raises(ModelError, match="finite LR > 0"):
+        regret(opt, lr, divergence_loss=5.5)
+
+
 def test_a_sweep_with_fewer_than_two_stable_runs_is_refused():
     lr, loss, _ = parabola_sweep(0.0)
     with pytest.raises(ModelError, match="2 stable runs below"):

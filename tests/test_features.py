@@ -80,6 +80,15 @@ def test_curvature_needs_three_levels():
     assert features.terms == ()
 
 
+def test_a_horizon_that_differs_slightly_between_batch_sizes_is_still_one_level():
+    table = sweep_table()  # 2 horizons: tokens^2 is not identified
+    small_batch = table["batch_size"] == table["batch_size"].min()
+    table.loc[small_batch, "tokens"] *= 0.995  # runs end on whole steps: a few tokens fewer
+    features, notes = quiet(table)
+    assert features.term_names == ("n_params^2", "n_params*tokens")
+    assert any("tokens^2 not identified" in n for n in notes)
+
+
 def test_one_lr_per_configuration_is_refused():
     table = sweep_table(n_lrs=1)
     with pytest.raises(ModelError, match="single LR"):
