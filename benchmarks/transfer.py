@@ -4,6 +4,8 @@ On the reference sweep (bayeslr/data/reference_sweep.jsonl.gz, collected with
 collectors/plans/reference.toml), the Bayesian model is fitted to the smallest `--train-sizes`
 model sizes (all horizons, batch sizes and optimizers) and predicts eta* for every
 configuration (horizon x batch size x optimizer) of the largest size, which it never saw.
+With `--hold-out horizon` it is fitted to every size at all but the longest token horizon
+and predicts eta* at the longest one instead (size x batch size x optimizer).
 Each prediction is scored against that configuration's measured sweep:
 
 - log10 error: |log10 predicted - log10 measured optimum| (decades);
@@ -24,12 +26,14 @@ A sweep is read as bayeslr.baselines.sweep_optimum does: runs at LRs above the f
 one are past the stability edge and not part of the curve.
 
 Baselines scored the same way in the same run: an ordinary least-squares power law fitted per
-optimizer to the training sizes' grid argmins (the usual practice), and "the same LR as the
-largest training size" for the same horizon, batch size and optimizer. Compute: FLOPs of all
-training-size runs against a grid search (the same LRs) at the held-out size, and what that
-ratio means in GPU-hours and energy for a user-given target, with the assumptions printed.
+optimizer to the training configurations' grid argmins (the usual practice), and "the same LR
+as the largest training size" (or the longest training horizon) for the same optimizer and
+the other settings unchanged. Compute: FLOPs of all training runs against a grid search (the
+same LRs) at the held-out configurations, and what that ratio means in GPU-hours and energy
+for a user-given target, with the assumptions printed.
 
-    python benchmarks/transfer.py [--sweep FILE|DIR] [--train-sizes 3] [--plot FILE.png]
+    python benchmarks/transfer.py [--sweep FILE|DIR] [--hold-out size|horizon]
+                                  [--train-sizes 3] [--plot FILE.png]
 
 Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_ratio=<r>`
 (regrets are medians over the held-out configurations).
@@ -54,16 +58,22 @@ from bayeslr.fit import as_table, fit
 from bayeslr.spec import ModelSpec
 
 COVARIATES = ("n_params", "tokens", "batch_size")
-CONFIG = ["optimizer", "tokens", "batch_size"]
-"""What identifies a configuration within one model size."""
+CONFIG = ["n_params", "optimizer", "tokens", "batch_size"]
+"""What identifies a configuration (one LR sweep)."""
+AXIS = {"size": "n_params", "horizon": "tokens"}
+"""The column each --hold-out extrapolates along."""
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", default=None,
                         help="sweep dir or .jsonl[.gz] (default: the shipped reference sweep)")
+    parser.add_argument("--hold-out", choices=tuple(AXIS), default="size",
+                        help="predict the largest model size (default) or the longest "
+                             "token horizon")
     parser.add_argument("--train-sizes", type=int, default=3,
-                        help="fit on this many smallest model sizes (default 3)")
+                        help="with --hold-out size: fit on this many smallest model sizes "
+                             "(default 3)")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -83,15 +93,33 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def split_sizes(table: pd.DataFrame, train_sizes: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs of the first seed at the `train_sizes` smallest sizes, every run of the largest
-    size)."""
-    sizes = np.sort(table["n_params"].unique())
-    if len(sizes) <= train_sizes:
-        raise SystemExit(f"the sweep has {len(sizes)} model sizes; need more than "
-                         f"--train-sizes {train_sizes}")
-    train = table[table["n_params"].isin(sizes[:train_sizes])]
-    return first_seed(train), table[table["n_params"] == sizes[-1]]
+def split(table: pd.DataFrame, hold_out: str,
+          train_sizes: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs of the first seed to fit, every run to score): for 'size', the `train_sizes`
+    smallest sizes and the largest size; for 'horizon', all but the longest horizon and the
+    longest (which needs two shorter ones to fit a horizon exponent)."""
+    if hold_out == "size":
+        sizes = np.sort(table["n_params"].unique())
+        if len(sizes) <= train_sizes:
+            raise SystemExit(f"the sweep has {len(sizes)} model sizes; need more than "
+                             f"--train-sizes {train_sizes}")
+        train = table[table["n_params"].isin(sizes[:train_sizes])]
+        return first_seed(train), table[table["n_params"] == sizes[-1]]
+    level = horizon_levels(table["tokens"])
+    if level.max() < 2:
+        raise SystemExit(f"the sweep has {level.max() + 1} token horizons; --hold-out horizon "
+                         "needs at least 3")
+    longest = level == level.max()
+    return first_seed(table[~longest]), table[longest]
+
+
+def horizon_levels(tokens: pd.Series) -> np.ndarray:
+    """0, 1, ... for each run's token horizon, shortest first. Tokens within 25% of each other
+    are one horizon: the trained tokens are whole steps, so one planned horizon gives slightly
+    different counts at different batch sizes."""
+    values = np.sort(tokens.unique())
+    breaks = values[1:][values[1:] > 1.25 * values[:-1]]
+    return np.searchsorted(breaks, tokens.to_numpy(), side="right")
 
 
 def first_seed(table: pd.DataFrame) -> pd.DataFrame:
@@ -100,15 +128,15 @@ def first_seed(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def optima(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (size x CONFIG) with its SweepOptimum."""
+    """One row per configuration (CONFIG) with its SweepOptimum."""
     rows = []
-    for key, runs in table.groupby(["n_params", *CONFIG]):
+    for key, runs in table.groupby(CONFIG):
         try:
             opt = sweep_optimum(runs["lr"], runs["loss"], runs["diverged"])
         except ModelError as err:  # too few stable runs: the configuration cannot be scored
             print(f"skipped configuration {key}: {err}")
             continue
-        rows.append({**dict(zip(["n_params", *CONFIG], key, strict=True)), "opt": opt,
+        rows.append({**dict(zip(CONFIG, key, strict=True)), "opt": opt,
                      "lr_argmin": opt.lr_argmin, "lr_opt": opt.lr_opt,
                      "loss_opt": opt.loss_opt})
     return pd.DataFrame(rows)
@@ -123,17 +151,19 @@ def score(held: pd.DataFrame, predicted: np.ndarray, divergence_loss: float) -> 
                          "regret_nats": nats, "regret_pct": 100 * nats / held["loss_opt"]})
 
 
-def same_lr_baseline(train_optima: pd.DataFrame, held: pd.DataFrame) -> np.ndarray:
-    """The grid argmin of the largest training size with the same horizon, batch, optimizer."""
-    largest = train_optima[train_optima["n_params"] == train_optima["n_params"].max()]
-    lookup = largest.set_index(CONFIG)["lr_argmin"]
-    return np.array([lookup.get(tuple(row[c] for c in CONFIG), np.nan)
+def same_lr_baseline(train_optima: pd.DataFrame, held: pd.DataFrame, axis: str) -> np.ndarray:
+    """The grid argmin of the training configuration largest along `axis` among those with
+    the other settings of each held-out one."""
+    others = [c for c in CONFIG if c != axis]
+    nearest = train_optima.loc[train_optima.groupby(others)[axis].idxmax()]
+    lookup = nearest.set_index(others)["lr_argmin"]
+    return np.array([lookup.get(tuple(row[c] for c in others), np.nan)
                      for _, row in held.iterrows()])
 
 
 def compute_ratio(train: pd.DataFrame, test: pd.DataFrame) -> float:
-    """FLOPs of every training-size run over FLOPs of one seed's LR grid at the held-out size
-    (both counted run by run, as if each run were trained from scratch)."""
+    """FLOPs of every training run over FLOPs of one seed's LR grids at the held-out
+    configurations (both counted run by run, as if each run were trained from scratch)."""
     return float(train["flops"].sum() / first_seed(test)["flops"].sum())
 
 
@@ -163,7 +193,7 @@ def seed_noise(per_seed: dict[int, pd.DataFrame], divergence_loss: float) -> pd.
 def print_first_seed(first: pd.DataFrame, held: pd.DataFrame, divergence_loss: float) -> None:
     """The same predictions scored against the first seed's sweeps alone (`first`: its
     `optima`)."""
-    merged = first.merge(held[CONFIG + ["eta_median", "eta_lo90", "eta_hi90", "ols_lr"]],
+    merged = first.merge(held[[*CONFIG, "eta_median", "eta_lo90", "eta_hi90", "ols_lr"]],
                          on=CONFIG)
     bayes = score(merged, merged["eta_median"].to_numpy(), divergence_loss)
     ols = score(merged, merged["ols_lr"].to_numpy(), divergence_loss)
@@ -192,7 +222,13 @@ def cost_lines(args: argparse.Namespace, ratio: float, n_lrs: int) -> list[str]:
     ]
 
 
-def plot(held: pd.DataFrame, path: str) -> None:
+def held_out_label(held: pd.DataFrame, axis: str) -> str:
+    """'size N=...' or 'horizon D=...' of the held-out configurations."""
+    value = held[axis].iloc[0]
+    return f"size N={value:.3g}" if axis == "n_params" else f"horizon D={value:.3g} tokens"
+
+
+def plot(held: pd.DataFrame, path: str, axis: str) -> None:
     """Measured optimum vs bayeslr (median, 90% interval), OLS and same-LR, per configuration."""
     import matplotlib
 
@@ -206,13 +242,14 @@ def plot(held: pd.DataFrame, path: str) -> None:
               label="bayeslr 90% interval")
     ax.plot(x, held["eta_median"], "o", color="C0", label="bayeslr median")
     ax.plot(x, held["ols_lr"], "x", color="C1", label="OLS on argmins")
-    ax.plot(x, held["same_lr"], "+", color="C2", ms=9, label="same LR as small model")
+    nearest = "largest training size" if axis == "n_params" else "longest training horizon"
+    ax.plot(x, held["same_lr"], "+", color="C2", ms=9, label=f"same LR as the {nearest}")
     ax.plot(x, held["lr_opt"], "*", color="k", ms=10, label="measured optimum")
     ax.set_yscale("log")
-    ax.set_xticks(x, [f"{r.optimizer}\nD={r.tokens / 1e3:.0f}k B={r.batch_size:g}"
-                      for r in held.itertuples()], fontsize=7, rotation=90)
+    ax.set_xticks(x, [f"{r.optimizer}\nN={r.n_params / 1e3:.0f}k D={r.tokens / 1e3:.0f}k "
+                      f"B={r.batch_size:g}" for r in held.itertuples()], fontsize=7, rotation=90)
     ax.set_ylabel("peak LR")
-    ax.set_title(f"held-out size N={held['n_params'].iloc[0]:.3g}: predicted vs measured eta*")
+    ax.set_title(f"held-out {held_out_label(held, axis)}: predicted vs measured eta*")
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -222,7 +259,8 @@ def plot(held: pd.DataFrame, path: str) -> None:
 def main() -> None:
     args = parse_args()
     table = as_table(args.sweep or reference_jsonl())
-    train, test = split_sizes(table, args.train_sizes)
+    axis = AXIS[args.hold_out]
+    train, test = split(table, args.hold_out, args.train_sizes)
     divergence_loss = math.log(float(table["vocab_size"].dropna().iloc[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -233,13 +271,13 @@ def main() -> None:
     train_optima = optima(train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pred = predict_lr(posterior, held[["n_params", *CONFIG]], seed=args.seed)
-        advised = recommend(posterior, held[["n_params", *CONFIG]], seed=args.seed)
+        pred = predict_lr(posterior, held[CONFIG], seed=args.seed)
+        advised = recommend(posterior, held[CONFIG], seed=args.seed)
     held = held.assign(eta_median=pred["eta_median"].to_numpy(),
                        eta_lo90=pred["eta_lo90"].to_numpy(), eta_hi90=pred["eta_hi90"].to_numpy(),
                        recommended=advised["lr"].to_numpy(),
                        ols_lr=fit_ols_law(train_optima, COVARIATES).predict(held),
-                       same_lr=same_lr_baseline(train_optima, held))
+                       same_lr=same_lr_baseline(train_optima, held, axis))
     scores = {name: score(held, held[column].to_numpy(), divergence_loss)
               for name, column in (("bayeslr", "eta_median"), ("bayes_rec", "recommended"),
                                    ("ols", "ols_lr"), ("same_lr", "same_lr"))}
@@ -248,13 +286,15 @@ def main() -> None:
     n_lrs = int(test.groupby(CONFIG)["lr"].nunique().median())
 
     sizes = sorted(train["n_params"].unique())
-    print(f"fit: {len(train)} runs, sizes {[f'{s:.3g}' for s in sizes]}; max R-hat "
+    horizons = train["tokens"].groupby(horizon_levels(train["tokens"])).min()
+    print(f"fit: {len(train)} runs, sizes {[f'{s:.3g}' for s in sizes]}, horizons "
+          f"{[f'{d:.3g}' for d in horizons]}; max R-hat "
           f"{diag['rhat_max']:.3f}, min bulk ESS {diag['ess_bulk_min']:.0f}, "
           f"{posterior.info.get('seconds')} s")
-    print(f"held out: N={held['n_params'].iloc[0]:.3g}, {len(held)} configurations, "
+    print(f"held out: {held_out_label(held, axis)}, {len(held)} configurations, "
           f"{test['seed'].nunique()} seed(s) per LR averaged\n")
-    detail = held[CONFIG + ["lr_opt", "eta_median", "eta_lo90", "eta_hi90", "ols_lr",
-                            "same_lr"]].assign(
+    detail = held[[*CONFIG, "lr_opt", "eta_median", "eta_lo90", "eta_hi90", "ols_lr",
+                   "same_lr"]].assign(
         bayes_regret_pct=scores["bayeslr"]["regret_pct"].to_numpy(),
         ols_regret_pct=scores["ols"]["regret_pct"].to_numpy(),
         same_regret_pct=scores["same_lr"]["regret_pct"].to_numpy(), covered90=covered)
@@ -274,11 +314,12 @@ def main() -> None:
               f"sweep costs {noise['regret_pct'].median():.3f}% (median; mean "
               f"{noise['regret_pct'].mean():.3f}%), optima differ by "
               f"{noise['log10_diff'].median():.3f} decades (median; {len(noise)} pairs)")
-    print(f"compute: small sweeps / grid search at the held-out size = {ratio:.3f}")
+    print(f"compute: training sweeps / grid search at the held-out configurations = "
+          f"{ratio:.3f}")
     for line in cost_lines(args, ratio, n_lrs):
         print(line)
     if args.plot:
-        plot(held, args.plot)
+        plot(held, args.plot, axis)
     print(f"transfer: regret_pct={scores['bayeslr']['regret_pct'].median():.3f} "
           f"ols_regret_pct={scores['ols']['regret_pct'].median():.3f} "
           f"coverage90={covered.mean():.3f} compute_ratio={ratio:.3f}")
