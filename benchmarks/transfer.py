@@ -310,8 +310,8 @@ def main() -> None:
     print_first_seed(per_seed[min(per_seed)], held, divergence_loss)
     noise = seed_noise(per_seed, divergence_loss)
     if noise is not None:
-        print(f"seed noise floor at the held-out size: a seed's own optimum on another seed's "
-              f"sweep costs {noise['regret_pct'].median():.3f}% (median; mean "
+        print(f"seed noise floor at the held-out configurations: a seed's own optimum on "
+              f"another seed's sweep costs {noise['regret_pct'].median():.3f}% (median; mean "
               f"{noise['regret_pct'].mean():.3f}%), optima differ by "
               f"{noise['log10_diff'].median():.3f} decades (median; {len(noise)} pairs)")
     print(f"compute: training sweeps / grid search at the held-out configurations = "
