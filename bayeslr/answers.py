@@ -32,9 +32,10 @@ PROBS = (0.5, 0.9, 0.95)
 class LRModel(Protocol):
     """What the answers need from a model: a fitted Posterior, or your own (docs/byo.md).
 
-    predict_lr, lr_samples, recommend, loss_penalty and transfer use only these members;
-    compare_optimizers also calls `exponents()`, and the plots use the Posterior's fitted
-    configurations.
+    predict_lr, lr_samples, recommend, loss_penalty and transfer use only these members
+    (and `straight_extrapolation(targets)` where a model has it, for the extrapolation
+    warning); compare_optimizers also calls `exponents()`, and the plots use the Posterior's
+    fitted configurations.
     """
 
     optimizers: tuple[str, ...]
@@ -89,7 +90,9 @@ def draw(posterior: LRModel, targets: Any, *, seed: int = 0, include_residual: b
                              "posterior cannot answer LR questions (refit with this bayeslr)")
     extrapolation = _extrapolation(params, len(frame))
     if warn_beyond is not None:
-        warn_extrapolation(frame, extrapolation, threshold=warn_beyond, stacklevel=4)
+        straight = getattr(posterior, "straight_extrapolation", None)
+        warn_extrapolation(frame, extrapolation, threshold=warn_beyond, stacklevel=4,
+                           straight=straight(frame) if straight is not None else None)
     return Draws(targets=frame, params=params, extrapolation=extrapolation)
 
 

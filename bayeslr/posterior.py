@@ -22,7 +22,7 @@ from bayeslr.design import target_design
 from bayeslr.errors import DataWarning, PosteriorError
 from bayeslr.features import Features, build_features
 from bayeslr.schema import DIMS
-from bayeslr.spec import ModelSpec
+from bayeslr.spec import SIZE_COVARIATES, ModelSpec
 
 LAW_VARS = (law.INTERCEPT, law.SLOPE, law.FAMILY_INTERCEPT, law.FAMILY_SLOPE, law.CURVATURE,
             law.RESID_SD, "slope_spread", "log_curv_mean", "curv_asym", "curv_sd", curve.WALL,
@@ -155,6 +155,19 @@ class Posterior:
                 value = value - post["ratio_slope"].isel({DIMS.COVARIATE: k}, drop=True)
             out[name] = value / scale[k]
         return xr.Dataset(out)
+
+    def straight_extrapolation(self, targets: pd.DataFrame) -> list[tuple[str, ...]]:
+        """Per target, the size covariates (N, D) beyond whose data range it lies while the law
+        has no quadratic term in them (not identified, or curvature off): there the law goes
+        on as a straight line in logs, and its intervals do not include a bend."""
+        f = self.features
+        straight = [k for k, name in enumerate(f.covariates)
+                    if name in SIZE_COVARIATES and (k, k) not in f.terms]
+        z = target_design(targets, standardizer=f.standardizer, terms=f.terms,
+                          optimizers=f.optimizers, families=f.families).z
+        low, high = np.array(f.standardizer.low), np.array(f.standardizer.high)
+        outside = (z < low - 1e-9) | (z > high + 1e-9)
+        return [tuple(f.covariates[k] for k in straight if row[k]) for row in outside]
 
     def draw_curve_params(self, targets: pd.DataFrame, *, seed: int = 0,
                           include_residual: bool = True) -> xr.Dataset:

@@ -201,18 +201,26 @@ def _known_family(name: Any, known: Sequence[str]) -> str | None:
 
 
 def warn_extrapolation(frame: pd.DataFrame, extrapolation: Sequence[float], *,
-                       threshold: float = EXTRAPOLATION_WARN, stacklevel: int = 3) -> None:
-    """Warn (ExtrapolationWarning) about targets farther than `threshold` outside the data."""
+                       threshold: float = EXTRAPOLATION_WARN, stacklevel: int = 3,
+                       straight: Sequence[tuple[str, ...]] | None = None) -> None:
+    """Warn (ExtrapolationWarning) about targets farther than `threshold` outside the data.
+    `straight`: per target, the covariates along which the law extrapolates without a
+    quadratic term (Posterior.straight_extrapolation); named in the warning."""
     far = [(i, d) for i, d in enumerate(extrapolation) if math.isfinite(d) and d > threshold]
     if not far:
         return
     parts = [f"target {i} ({_describe(frame.iloc[i])}): {d:.1f} standardized units outside"
              for i, d in far[:5]]
     more = f" and {len(far) - 5} more" if len(far) > 5 else ""
+    lines = sorted({name for i, _ in far for name in (straight[i] if straight else ())})
+    caveat = (f" Along {', '.join(lines)} the law has no quadratic term (these sweeps cannot "
+              "identify one: it needs 3 or more distinct values, or curvature is off), so it "
+              "extrapolates as a straight line in logs and the intervals do not allow for a "
+              "bend." if lines else "")
     warnings.warn(
         "extrapolating beyond the fitted sweeps — " + "; ".join(parts) + more
         + ". The intervals include the law's uncertainty there but rest on its functional "
-        "form; sweep closer to the target to confirm.",
+        "form; sweep closer to the target to confirm." + caveat,
         ExtrapolationWarning, stacklevel=stacklevel)
 
 

@@ -104,6 +104,18 @@ def test_far_target_warns_and_widens(posterior):
     assert np.isfinite(rec["lr"].item())
 
 
+def test_the_warning_names_a_covariate_extrapolated_without_its_quadratic_term(posterior):
+    assert "tokens^2" not in posterior.features.term_names  # two horizons in the sweep
+    with pytest.warns(ExtrapolationWarning) as caught:
+        predict_lr(posterior, {**INSIDE, "tokens": 3.2e9}, seed=0)
+    assert "Along tokens the law has no quadratic term" in str(caught[0].message)
+    with pytest.warns(ExtrapolationWarning) as caught:
+        predict_lr(posterior, FAR, seed=0)  # n_params has its quadratic term
+    assert "quadratic" not in str(caught[0].message)
+    assert posterior.straight_extrapolation(pd.DataFrame([INSIDE, FAR, {
+        **FAR, "tokens": 3.2e9}])) == [(), (), ("tokens",)]
+
+
 def test_unknown_optimizer_and_family_list_the_known_ones(posterior):
     for name in ("rmsprop", "adamx"):
         with pytest.raises(PosteriorError, match=r"known: adamw, sgd"):
