@@ -115,6 +115,18 @@ def resolve_sampler(sampler: str) -> str:
     return sampler
 
 
+def reproducible_numba() -> Any:
+    """PyTensor flags under which compiled numba code gives the same draws whether it was
+    compiled now or loaded from PyTensor's on-disk cache. With fast-math, LLVM may reorder
+    floating-point operations differently when a function is compiled inlined into the whole
+    graph (a first compilation) than when it is loaded as a separate cached piece, and the
+    sampler's chains drift apart from that last-bit difference (measured: a fit's draws
+    differed between the first run on an install and every later one)."""
+    import pytensor
+
+    return pytensor.config.change_flags(numba__fastmath=False)
+
+
 @dataclass
 class CompiledModels:
     """Compiled nutpie samplers by structure (bayeslr.model.compile_key), kept by the caller
@@ -130,8 +142,10 @@ class CompiledModels:
         import nutpie
 
         if key not in self.samplers:
-            self.samplers[key] = (model, nutpie.compile_pymc_model(model, freeze_model=False))
-            return self.samplers[key][1]
+            with reproducible_numba():
+                compiled = nutpie.compile_pymc_model(model, freeze_model=False)
+            self.samplers[key] = (model, compiled)
+            return compiled
         first, compiled = self.samplers[key]
         values = {var.name: var.get_value() for var in model.data_vars}
         for var in first.data_vars:  # the initial-point function reads the first model's data

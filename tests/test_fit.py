@@ -4,7 +4,11 @@ cannot identify is said, what cannot be fitted is refused)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +18,8 @@ from bayeslr.errors import DataWarning, ModelError, SamplingWarning
 from bayeslr.fit import compare, fit, loo, warn_diagnostics
 from bayeslr.spec import ModelSpec
 from tests.model_support import quiet_fit, small_fit, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +137,31 @@ def test_duplicates_and_nan_losses_are_cleaned_and_the_fit_runs():
     assert "dropped 4 duplicated run(s)" in notes and "dropped 2 run(s) not marked" in notes
     assert posterior.features.n_points == len(table) - 2
     assert np.isfinite(posterior.idata["log_likelihood"].dataset["run"].values).all()
+
+
+_DRAWS_DIGEST = """
+import hashlib, sys, warnings
+from bayeslr.fit import fit
+from tests.model_support import sweep
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    posterior = fit(sweep(), draws=30, tune=30, chains=1, seed=5, progressbar=False)
+values = posterior.idata.posterior.dataset["log_eta"].values
+print(hashlib.sha256(values.tobytes()).hexdigest())
+"""
+
+
+def test_a_first_compilation_and_a_cached_one_give_the_same_draws(tmp_path):
+    """Seeds fix a fit on a fresh install as on later runs: the second process loads the
+    sampler's compiled pieces from the cache the first one wrote (bayeslr.fit.reproducible_numba;
+    with fast-math the two gave different draws)."""
+    env = {**os.environ, "PYTENSOR_FLAGS": f"base_compiledir={tmp_path}"}
+
+    def digest() -> str:
+        run = subprocess.run([sys.executable, "-c", _DRAWS_DIGEST], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=600, check=True)
+        return run.stdout.strip().splitlines()[-1]
+
+    first = digest()
+    assert any((tmp_path / "numba").iterdir())  # the first process filled the cache
+    assert digest() == first
