@@ -89,6 +89,15 @@ def test_a_horizon_that_differs_slightly_between_batch_sizes_is_still_one_level(
     assert any("tokens^2 not identified" in n for n in notes)
 
 
+def test_one_horizon_that_differs_slightly_between_batch_sizes_leaves_the_batch_exponent():
+    table = sweep_table(tokens=(1e8,))
+    small_batch = table["batch_size"] == table["batch_size"].min()
+    table.loc[small_batch, "tokens"] *= 0.995  # runs end on whole steps: a few tokens fewer
+    features, notes = quiet(table)
+    assert features.covariates == ("n_params", "batch_size")
+    assert any("exponent of D not identified: one token horizon" in n for n in notes)
+
+
 def test_one_lr_per_configuration_is_refused():
     table = sweep_table(n_lrs=1)
     with pytest.raises(ModelError, match="single LR"):
