@@ -39,11 +39,14 @@ class Standardizer:
         """(n, K) natural logs -> (n, K) standardized values."""
         return (np.asarray(log_values, float) - np.array(self.centre)) / np.array(self.scale)
 
+    def overshoot(self, z: np.ndarray) -> np.ndarray:
+        """(n, K) how far each standardized value lies beyond the data's range, 0 inside."""
+        return np.maximum(0.0, np.maximum(z - np.array(self.high), np.array(self.low) - z))
+
     def distance_outside(self, z: np.ndarray, log_unused: np.ndarray | None = None) -> np.ndarray:
         """(n,) Euclidean distance outside the data's box, 0 inside: standardized units for
         the model's covariates, natural-log units for `log_unused` (n, len(unused))."""
-        over = np.maximum(0.0, np.maximum(z - np.array(self.high), np.array(self.low) - z))
-        total = (over**2).sum(axis=1)
+        total = (self.overshoot(z)**2).sum(axis=1)
         if log_unused is not None and self.unused:
             low, high = np.array(self.unused_low), np.array(self.unused_high)
             off = np.maximum(0.0, np.maximum(log_unused - high, low - log_unused))

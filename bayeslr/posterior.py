@@ -165,8 +165,7 @@ class Posterior:
                     if name in SIZE_COVARIATES and (k, k) not in f.terms]
         z = target_design(targets, standardizer=f.standardizer, terms=f.terms,
                           optimizers=f.optimizers, families=f.families).z
-        low, high = np.array(f.standardizer.low), np.array(f.standardizer.high)
-        outside = (z < low - 1e-9) | (z > high + 1e-9)
+        outside = f.standardizer.overshoot(z) > 1e-9
         return [tuple(f.covariates[k] for k in straight if row[k]) for row in outside]
 
     def draw_curve_params(self, targets: pd.DataFrame, *, seed: int = 0,
