@@ -3,7 +3,8 @@
 On the reference sweep (bayeslr/data/reference_sweep.jsonl.gz, collected with
 collectors/plans/reference.toml), the Bayesian model is fitted to the smallest `--train-sizes`
 model sizes (all horizons, batch sizes and optimizers) and predicts eta* for every
-configuration (horizon x batch size x optimizer) of the largest size, which it never saw.
+configuration (horizon x batch size x optimizer) of the largest size (or the `--held-size`
+K-th smallest), which it never saw.
 With `--hold-out horizon` it is fitted to every size at all but the longest token horizon
 and predicts eta* at the longest one instead (size x batch size x optimizer).
 Each prediction is scored against that configuration's measured sweep:
@@ -12,6 +13,9 @@ Each prediction is scored against that configuration's measured sweep:
 - regret: measured loss at the predicted LR minus the sweep's optimal loss, in nats/token and
   in percent of that loss (bayeslr.baselines.measured_loss reads the sweep off-grid);
 - coverage: whether the measured optimum lies in the 90% credible interval.
+
+It also counts the predictions that fall between a sweep's last stable and first diverged LR
+(unmeasured; read as the last stable loss) and the sweeps whose best LR is the grid's lowest.
 
 The fit sees one seed (the first) of the training sizes, as a user's small sweeps would. The
 held-out sweeps are read with all their seeds: losses at one LR are averaged, and an LR where
@@ -33,7 +37,7 @@ same LRs) at the held-out configurations, and what that ratio means in GPU-hours
 for a user-given target, with the assumptions printed.
 
     python benchmarks/transfer.py [--sweep FILE|DIR] [--hold-out size|horizon]
-                                  [--train-sizes 3] [--plot FILE.png]
+                                  [--train-sizes 3] [--held-size K] [--plot FILE.png]
 
 Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_ratio=<r>`
 (regrets are medians over the held-out configurations).
@@ -50,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslr.answers import predict_lr
-from bayeslr.baselines import fit_ols_law, regret, sweep_optimum
+from bayeslr.baselines import SweepOptimum, fit_ols_law, regret, sweep_optimum
 from bayeslr.datasets import reference_jsonl
 from bayeslr.decisions import recommend
 from bayeslr.errors import ModelError
@@ -74,6 +78,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-sizes", type=int, default=3,
                         help="with --hold-out size: fit on this many smallest model sizes "
                              "(default 3)")
+    parser.add_argument("--held-size", type=int, default=None, metavar="K",
+                        help="with --hold-out size: predict the K-th smallest model size "
+                             "(default: the largest)")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -93,18 +100,20 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def split(table: pd.DataFrame, hold_out: str,
-          train_sizes: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split(table: pd.DataFrame, hold_out: str, train_sizes: int,
+          held_size: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs of the first seed to fit, every run to score): for 'size', the `train_sizes`
-    smallest sizes and the largest size; for 'horizon', all but the longest horizon and the
-    longest (which needs two shorter ones to fit a horizon exponent)."""
+    smallest sizes and the `held_size`-th smallest (default the largest); for 'horizon', all
+    but the longest horizon and the longest (which needs two shorter ones to fit a horizon
+    exponent)."""
     if hold_out == "size":
         sizes = np.sort(table["n_params"].unique())
-        if len(sizes) <= train_sizes:
-            raise SystemExit(f"the sweep has {len(sizes)} model sizes; need more than "
-                             f"--train-sizes {train_sizes}")
+        held_size = held_size or len(sizes)
+        if not train_sizes < held_size <= len(sizes):
+            raise SystemExit(f"the sweep has {len(sizes)} model sizes; --held-size must be "
+                             f"above --train-sizes {train_sizes} and at most {len(sizes)}")
         train = table[table["n_params"].isin(sizes[:train_sizes])]
-        return first_seed(train), table[table["n_params"] == sizes[-1]]
+        return first_seed(train), table[table["n_params"] == sizes[held_size - 1]]
     level = horizon_levels(table["tokens"])
     if level.max() < 2:
         raise SystemExit(f"the sweep has {level.max() + 1} token horizons; --hold-out horizon "
@@ -149,6 +158,29 @@ def score(held: pd.DataFrame, predicted: np.ndarray, divergence_loss: float) -> 
     return pd.DataFrame({"lr": predicted,
                          "log10_err": np.abs(np.log10(predicted) - np.log10(held["lr_opt"])),
                          "regret_nats": nats, "regret_pct": 100 * nats / held["loss_opt"]})
+
+
+def unmeasured(opt: SweepOptimum, lr: float) -> bool:
+    """Whether `lr` lies between the sweep's last stable LR and its first diverged one, where
+    nothing was measured and `regret` reads the last stable loss (an optimistic reading)."""
+    return bool(opt.log_lr[-1] < np.log(lr) < opt.first_diverged_log_lr)
+
+
+def edge_optimum(opt: SweepOptimum) -> bool:
+    """Whether the grid's lowest LR is the sweep's best: the optimum may lie below the grid."""
+    return bool(np.isclose(np.log(opt.lr_argmin), opt.log_lr[0]))
+
+
+def print_reading_caveats(held: pd.DataFrame, scores: dict[str, pd.DataFrame]) -> None:
+    """How many measured optima sit at the grid's lowest LR, and how many predictions fall
+    where the sweep has no measurement, per method."""
+    edge = held["opt"].map(edge_optimum)
+    print(f"measured optimum at the grid's lowest LR (may lie below it): {edge.sum()} of "
+          f"{len(held)}")
+    gaps = {name: sum(unmeasured(o, lr) for o, lr in zip(held["opt"], s["lr"], strict=True))
+            for name, s in scores.items()}
+    print("predictions between the last stable and the first diverged LR (read as the last "
+          "stable loss): " + ", ".join(f"{name} {n}" for name, n in gaps.items()))
 
 
 def same_lr_baseline(train_optima: pd.DataFrame, held: pd.DataFrame, axis: str) -> np.ndarray:
@@ -260,7 +292,7 @@ def main() -> None:
     args = parse_args()
     table = as_table(args.sweep or reference_jsonl())
     axis = AXIS[args.hold_out]
-    train, test = split(table, args.hold_out, args.train_sizes)
+    train, test = split(table, args.hold_out, args.train_sizes, args.held_size)
     divergence_loss = math.log(float(table["vocab_size"].dropna().iloc[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -306,6 +338,7 @@ def main() -> None:
               f"{s['regret_pct'].median():>16.3f} {s['regret_pct'].mean():>14.3f}")
     print(f"\n90% interval covers the measured optimum in {covered.sum()} of {len(held)} "
           f"configurations")
+    print_reading_caveats(held, scores)
     per_seed = {seed: optima(runs) for seed, runs in test.groupby("seed")}
     print_first_seed(per_seed[min(per_seed)], held, divergence_loss)
     noise = seed_noise(per_seed, divergence_loss)

@@ -2,7 +2,8 @@
 
 CPU by default: deterministic, seeded (model init by `seed_everything(seed)`, data order by
 the data module's own generator), with the torch thread count as a setting. On a CUDA device
-(`device='auto'` picks it when present) training runs in bf16 autocast.
+(`device='auto'` picks it when present) training runs in bf16 autocast, or in fp32 when asked
+(`Execution(bf16=False)`), which keeps GPU runs comparable with CPU ones.
 
 A run whose loss turns NaN/inf or exceeds `divergence_threshold` x its initial loss is stopped
 and stored with `diverged=True` and the step. Callbacks that define `measurements()` (see
@@ -51,6 +52,9 @@ class Execution:
     """Show Lightning's progress bar over the steps of each run."""
     check_every: int | None = None
     """Steps between divergence checks (host syncs); None: 1 on CPU, 16 on CUDA."""
+    bf16: bool | None = None
+    """bf16 autocast. None: on CUDA, not on CPU; False: fp32 on CUDA too (the same precision
+    as CPU runs, so a sweep can mix devices); True is refused on CPU."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -60,15 +64,22 @@ class Execution:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise PlanError("device 'cuda' was asked for but torch sees no CUDA device; use "
                             "--device auto or cpu")
+        if self.bf16 and not self.cuda:
+            raise PlanError("precision bf16 needs a CUDA device; on CPU runs train in fp32")
 
     @property
     def cuda(self) -> bool:
         return self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
 
     @property
+    def mixed(self) -> bool:
+        """Whether training runs in bf16 autocast."""
+        return self.cuda and self.bf16 is not False
+
+    @property
     def precision(self) -> str:
-        """Recorded in TrainConfig.precision: 'bf16' on CUDA, 'fp32' on CPU."""
-        return "bf16" if self.cuda else "fp32"
+        """Recorded in TrainConfig.precision: 'bf16' (CUDA by default) or 'fp32'."""
+        return "bf16" if self.mixed else "fp32"
 
     @property
     def label(self) -> str:
@@ -188,7 +199,7 @@ def evaluate(module: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torc
     module.to(device)
     was_training = module.training
     module.eval()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if execution.cuda
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if execution.mixed
                 else nullcontext())
     total = torch.zeros((), device=device)
     with torch.no_grad(), autocast:
@@ -282,7 +293,7 @@ def _trainer(execution: Execution, steps: int, callbacks: list[Callback],
              max_grad_norm: float | None) -> pl.Trainer:
     return pl.Trainer(
         accelerator="gpu" if execution.cuda else "cpu", devices=1,
-        precision="bf16-mixed" if execution.cuda else "32-true", max_steps=steps,
+        precision="bf16-mixed" if execution.mixed else "32-true", max_steps=steps,
         max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=execution.steps_progress, callbacks=callbacks,
         gradient_clip_val=max_grad_norm, deterministic=not execution.cuda,

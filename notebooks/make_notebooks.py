@@ -199,7 +199,7 @@ NB3 = [
 # 3. Compare optimizers: AdamW, SGD and RMSprop
 
 On the **real reference sweep** shipped with bayeslr (`bayeslr/data/README.md`): GPT-style
-byte-level models of 6k to 336k non-embedding parameters trained on the bundled corpus with
+byte-level models of 6k to 4.7M non-embedding parameters trained on the bundled corpus with
 AdamW, SGD with momentum and RMSprop, over 9 LRs each with two seeds, at three token horizons
 and two batch sizes, collected with `collectors/plans/reference.toml`. To keep the notebook
 quick we fit the batch-size-8 half with short chains; the code is the same for any sweep."""),
@@ -225,7 +225,7 @@ P(exponent_a > exponent_b)."""),
     new_code_cell("""\
 from bayeslr.comparison import compare_optimizers
 
-target = {"params": 1e6, "tokens": 4e5, "batch_size": 8}
+target = {"params": 1.5e7, "tokens": 4e5, "batch_size": 8}
 result = compare_optimizers(posterior, target)
 result.exponents"""),
     new_code_cell("result.contrasts"),

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
+from bayeslr.cli import main
+from bayeslr.errors import PlanError
 from bayeslr.store import SweepStore
 from collectors.backends import collect
 from collectors.plan import expand_plan
 from collectors.run import Execution, train_run
-from tests.collect_helpers import tiny_plan
+from tests.collect_helpers import tiny_plan, to_toml
 
 CPU = Execution(device="cpu", threads=1)
 
@@ -95,3 +98,30 @@ def test_plan_sharpness_setting_adds_the_sharpness_callback():
     assert measured.lambda_max is not None and measured.lambda_max > 0
     assert list(measured.series["sharpness"]["step"]) == [0, 5, 10]
     assert measured.effective_lr is not None  # both measurement callbacks merged
+
+
+def test_precision_follows_the_device_and_bf16_is_refused_on_cpu(tmp_path, capsys):
+    assert (CPU.precision, Execution(device="cpu", bf16=False).precision) == ("fp32", "fp32")
+    with pytest.raises(PlanError, match="bf16 needs a CUDA device"):
+        Execution(device="cpu", bf16=True)
+    plan = tmp_path / "plan.toml"
+    plan.write_text(to_toml(tiny_plan()))
+    assert main(["collect", str(plan), "--into", str(tmp_path / "s"), "--device", "cpu",
+                 "--precision", "fp32", "--dry-run"]) == 0
+    assert "1 runs, 1 not yet in" in capsys.readouterr().out
+    assert main(["collect", str(plan), "--into", str(tmp_path / "s"), "--device", "cpu",
+                 "--precision", "bf16"]) == 1
+    assert "bf16 needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp32_run_on_cuda_is_the_cpu_run_on_another_device():
+    plan = expand_plan(tiny_plan(lrs=[1e-2], steps=30))
+    spec = plan.specs[0]
+    cpu = train_run(spec, corpus=plan.corpus, execution=CPU)
+    gpu = train_run(spec, corpus=plan.corpus, execution=Execution(device="cuda", bf16=False))
+    assert gpu.run_id == cpu.run_id and gpu.config.train.precision == "fp32"
+    assert gpu.outcome.device.startswith("cuda:") and cpu.outcome.device == "cpu"
+    assert gpu.outcome.final_val_loss == pytest.approx(cpu.outcome.final_val_loss, rel=1e-3)

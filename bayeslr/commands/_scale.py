@@ -46,7 +46,12 @@ def is_scaled(args: argparse.Namespace) -> bool:
 
 def plan_precision(args: argparse.Namespace, execution: Any) -> str:
     """The precision runs are planned with: Ray tasks with GPUs train in bf16."""
+    from bayeslr.errors import PlanError
+
     if args.backend == "ray":
+        if args.precision != "auto":
+            raise PlanError("--precision is not supported with --backend ray: Ray tasks with "
+                            "GPUs train in bf16, CPU tasks in fp32")
         return "bf16" if args.gpus_per_run > 0 else "fp32"
     return execution.precision
 

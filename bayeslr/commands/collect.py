@@ -11,6 +11,8 @@ import argparse
 
 from bayeslr.commands._scale import add_scale_arguments, collect_scaled, is_scaled, plan_precision
 
+PRECISIONS = {"auto": None, "fp32": False, "bf16": True}
+"""--precision choices and the `Execution.bf16` each stands for."""
 HELP = "train the runs of a sweep plan (TOML) into a sweep dir; resumes where it stopped"
 
 
@@ -26,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "more cores use --workers first)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to train (auto: CUDA with bf16 when present, else CPU)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU; fp32: also on CUDA "
+                        "(the precision of CPU runs, so one sweep can mix devices)")
     parser.add_argument("--steps-progress", action="store_true",
                         help="also show Lightning's progress bar over each run's steps")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or (args.limit is not None and args.limit < 1):
         raise PlanError("--workers and --limit must be >= 1")
     execution = Execution(device=args.device, threads=args.threads,
-                          steps_progress=args.steps_progress)
+                          steps_progress=args.steps_progress, bf16=PRECISIONS[args.precision])
     plan = load_plan(args.plan, precision=plan_precision(args, execution))
     if args.dry_run:
         return _dry_run(plan, args.into)
