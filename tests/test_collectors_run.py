@@ -112,6 +112,9 @@ def test_precision_follows_the_device_and_bf16_is_refused_on_cpu(tmp_path, capsy
     assert main(["collect", str(plan), "--into", str(tmp_path / "s"), "--device", "cpu",
                  "--precision", "bf16"]) == 1
     assert "bf16 needs a CUDA device" in capsys.readouterr().err
+    assert main(["collect", str(plan), "--into", str(tmp_path / "s"), "--backend", "ray",
+                 "--precision", "fp32"]) == 1
+    assert "--precision is not supported with --backend ray" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
