@@ -37,7 +37,8 @@ same LRs) at the held-out configurations, and what that ratio means in GPU-hours
 for a user-given target, with the assumptions printed.
 
     python benchmarks/transfer.py [--sweep FILE|DIR] [--hold-out size|horizon]
-                                  [--train-sizes 3] [--held-size K] [--plot FILE.png]
+                                  [--train-sizes 3] [--held-size K] [--lr-kind lr|effective]
+                                  [--plot FILE.png]
 
 Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_ratio=<r>`
 (regrets are medians over the held-out configurations).
@@ -81,6 +82,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--held-size", type=int, default=None, metavar="K",
                         help="with --hold-out size: predict the K-th smallest model size "
                              "(default: the largest)")
+    parser.add_argument("--lr-kind", choices=("lr", "effective"), default="lr",
+                        help="fit the law for the peak LR (default) or for the effective LR "
+                             "(update size relative to weight norm; ModelSpec.lr_kind)")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -296,8 +300,9 @@ def main() -> None:
     divergence_loss = math.log(float(table["vocab_size"].dropna().iloc[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        posterior = fit(train, ModelSpec(covariates=COVARIATES), draws=args.draws,
-                        tune=args.draws, chains=args.chains, seed=args.seed, progressbar=False)
+        posterior = fit(train, ModelSpec(covariates=COVARIATES, lr_kind=args.lr_kind),
+                        draws=args.draws, tune=args.draws, chains=args.chains, seed=args.seed,
+                        progressbar=False)
     diag = posterior.diagnostics()
     held = optima(test)
     train_optima = optima(train)
