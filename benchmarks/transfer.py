@@ -17,12 +17,13 @@ Each prediction is scored against that configuration's measured sweep:
 It also counts the predictions that fall between a sweep's last stable and first diverged LR
 (unmeasured; read as the last stable loss) and the sweeps whose best LR is the grid's lowest.
 
-The fit sees one seed (the first) of the training sizes, as a user's small sweeps would. The
-held-out sweeps are read with all their seeds: losses at one LR are averaged, and an LR where
-any seed diverged counts as diverged (bayeslr.baselines.sweep_optimum), so the measured optimum
-carries less seed noise. With two or more seeds the run also prints the seed noise floor: the
-regret of each seed's own optimum on another seed's sweep, the best a grid search at the target
-with one seed could do on a fresh seed. The scores against the first seed alone are printed too.
+The fit sees one seed (the first, or `--train-seed`) of the training sizes, as a user's small
+sweeps would. The held-out sweeps are read with all their seeds: losses at one LR are
+averaged, and an LR where any seed diverged counts as diverged
+(bayeslr.baselines.sweep_optimum), so the measured optimum carries less seed noise. With two
+or more seeds the run also prints the seed noise floor: the regret of each seed's own optimum
+on another seed's sweep, the best a grid search at the target with one seed could do on a
+fresh seed. The scores against the first seed alone are printed too.
 
 The bayeslr LR scored is the posterior median of eta*; the risk-aware recommendation
 (bayeslr.decisions.recommend, default divergence cost) is scored alongside as `bayes_rec`.
@@ -37,8 +38,8 @@ same LRs) at the held-out configurations, and what that ratio means in GPU-hours
 for a user-given target, with the assumptions printed.
 
     python benchmarks/transfer.py [--sweep FILE|DIR] [--hold-out size|horizon]
-                                  [--train-sizes 3] [--held-size K] [--lr-kind lr|effective]
-                                  [--plot FILE.png]
+                                  [--train-sizes 3] [--held-size K] [--train-seed S|all]
+                                  [--lr-kind lr|effective] [--plot FILE.png]
 
 Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_ratio=<r>`
 (regrets are medians over the held-out configurations).
@@ -82,6 +83,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--held-size", type=int, default=None, metavar="K",
                         help="with --hold-out size: predict the K-th smallest model size "
                              "(default: the largest)")
+    parser.add_argument("--train-seed", default=None, metavar="S",
+                        help="fit the training sweeps of seed S (default: the first), or of "
+                             "every seed with 'all'")
     parser.add_argument("--lr-kind", choices=("lr", "effective"), default="lr",
                         help="fit the law for the peak LR (default) or for the effective LR "
                              "(update size relative to weight norm; ModelSpec.lr_kind)")
@@ -104,9 +108,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def split(table: pd.DataFrame, hold_out: str, train_sizes: int,
-          held_size: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs of the first seed to fit, every run to score): for 'size', the `train_sizes`
+def split(table: pd.DataFrame, hold_out: str, train_sizes: int, held_size: int | None = None,
+          train_seed: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs to fit, of seed `train_seed`: default the first, 'all' every seed; every run to
+    score): for
+    'size', the `train_sizes`
     smallest sizes and the `held_size`-th smallest (default the largest); for 'horizon', all
     but the longest horizon and the longest (which needs two shorter ones to fit a horizon
     exponent)."""
@@ -117,13 +123,13 @@ def split(table: pd.DataFrame, hold_out: str, train_sizes: int,
             raise SystemExit(f"the sweep has {len(sizes)} model sizes; --held-size must be "
                              f"above --train-sizes {train_sizes} and at most {len(sizes)}")
         train = table[table["n_params"].isin(sizes[:train_sizes])]
-        return first_seed(train), table[table["n_params"] == sizes[held_size - 1]]
+        return one_seed(train, train_seed), table[table["n_params"] == sizes[held_size - 1]]
     level = horizon_levels(table["tokens"])
     if level.max() < 2:
         raise SystemExit(f"the sweep has {level.max() + 1} token horizons; --hold-out horizon "
                          "needs at least 3")
     longest = level == level.max()
-    return first_seed(table[~longest]), table[longest]
+    return one_seed(table[~longest], train_seed), table[longest]
 
 
 def horizon_levels(tokens: pd.Series) -> np.ndarray:
@@ -138,6 +144,18 @@ def horizon_levels(tokens: pd.Series) -> np.ndarray:
 def first_seed(table: pd.DataFrame) -> pd.DataFrame:
     """The runs of the table's smallest seed."""
     return table[table["seed"] == table["seed"].min()]
+
+
+def one_seed(table: pd.DataFrame, seed: str | None) -> pd.DataFrame:
+    """The runs of `seed` (None: the smallest; 'all': every run)."""
+    if seed is None:
+        return first_seed(table)
+    if seed == "all":
+        return table
+    seeds = {str(s): s for s in table["seed"].unique()}
+    if seed not in seeds:
+        raise SystemExit(f"--train-seed {seed}: the sweep has seeds {sorted(seeds)} (or 'all')")
+    return table[table["seed"] == seeds[seed]]
 
 
 def optima(table: pd.DataFrame) -> pd.DataFrame:
@@ -296,7 +314,8 @@ def main() -> None:
     args = parse_args()
     table = as_table(args.sweep or reference_jsonl())
     axis = AXIS[args.hold_out]
-    train, test = split(table, args.hold_out, args.train_sizes, args.held_size)
+    train, test = split(table, args.hold_out, args.train_sizes, args.held_size,
+                        args.train_seed)
     divergence_loss = math.log(float(table["vocab_size"].dropna().iloc[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
