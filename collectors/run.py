@@ -76,6 +76,10 @@ class Execution:
         """Whether training runs in bf16 autocast."""
         return self.cuda and self.bf16 is not False
 
+    def autocast(self) -> Any:
+        """The context to run forward passes in: bf16 autocast when `mixed`, else none."""
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.mixed else nullcontext()
+
     @property
     def precision(self) -> str:
         """Recorded in TrainConfig.precision: 'bf16' (CUDA by default) or 'fp32'."""
@@ -199,10 +203,8 @@ def evaluate(module: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torc
     module.to(device)
     was_training = module.training
     module.eval()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if execution.mixed
-                else nullcontext())
     total = torch.zeros((), device=device)
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), execution.autocast():
         for x, y in batches:
             total += batch_loss(module, (x.to(device), y.to(device))).float()
     module.train(was_training)

@@ -35,7 +35,6 @@ import inspect
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -341,9 +340,7 @@ def _train_step(active: list[_Member], step: int, loss_fn: Callable[..., Tensor]
                 execution: Execution, device: torch.device) -> None:
     """One optimizer step of every active member (Lightning's order of hooks)."""
     batches = [m.batches[step] for m in active]
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if execution.mixed
-                else nullcontext())
-    losses = loss_fn(active, batches, step, device, autocast)  # (K,)
+    losses = loss_fn(active, batches, step, device, execution.autocast())  # (K,)
     for member, loss, batch in zip(active, losses, batches, strict=True):
         _optimizer_step(member, loss, batch, step)
 
