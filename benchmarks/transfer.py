@@ -33,9 +33,9 @@ one are past the stability edge and not part of the curve.
 Baselines scored the same way in the same run: an ordinary least-squares power law fitted per
 optimizer to the training configurations' grid argmins (the usual practice), and "the same LR
 as the largest training size" (or the longest training horizon) for the same optimizer and
-the other settings unchanged. Compute: FLOPs of all training runs against a grid search (the
-same LRs) at the held-out configurations, and what that ratio means in GPU-hours and energy
-for a user-given target, with the assumptions printed.
+the other settings unchanged. Compute: FLOPs of all training runs against a grid search at
+the held-out configurations with as many LRs as a training sweep, and what that ratio means
+in GPU-hours and energy for a user-given target, with the assumptions printed.
 
     python benchmarks/transfer.py [--sweep FILE|DIR] [--hold-out size|horizon]
                                   [--train-sizes 3] [--held-size K] [--train-seed S|all]
@@ -215,10 +215,14 @@ def same_lr_baseline(train_optima: pd.DataFrame, held: pd.DataFrame, axis: str) 
                      for _, row in held.iterrows()])
 
 
-def compute_ratio(train: pd.DataFrame, test: pd.DataFrame) -> float:
-    """FLOPs of every training run over FLOPs of one seed's LR grids at the held-out
-    configurations (both counted run by run, as if each run were trained from scratch)."""
-    return float(train["flops"].sum() / first_seed(test)["flops"].sum())
+def compute_ratio(train: pd.DataFrame, test: pd.DataFrame, n_lrs: int) -> float:
+    """FLOPs of every training run over FLOPs of one seed's grid search of `n_lrs` LRs at
+    each held-out configuration (both counted run by run, as if each run were trained from
+    scratch; diverged runs stop early). A held-out sweep with more LRs than that (the
+    reference plan extends the grids of its largest sizes downwards) is counted at `n_lrs`
+    of its runs' average cost."""
+    sweeps = first_seed(test).groupby(CONFIG).agg(flops=("flops", "sum"), lrs=("lr", "nunique"))
+    return float(train["flops"].sum() / (sweeps["flops"] / sweeps["lrs"] * n_lrs).sum())
 
 
 def covered90(frame: pd.DataFrame) -> pd.Series:
@@ -338,8 +342,8 @@ def main() -> None:
               for name, column in (("bayeslr", "eta_median"), ("bayes_rec", "recommended"),
                                    ("ols", "ols_lr"), ("same_lr", "same_lr"))}
     covered = covered90(held)
-    ratio = compute_ratio(train, test)
-    n_lrs = int(test.groupby(CONFIG)["lr"].nunique().median())
+    n_lrs = int(train.groupby(CONFIG)["lr"].nunique().median())
+    ratio = compute_ratio(train, test, n_lrs)
 
     sizes = sorted(train["n_params"].unique())
     horizons = train["tokens"].groupby(horizon_levels(train["tokens"])).min()

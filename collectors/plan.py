@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from bayeslr.errors import PlanError, SchemaError
-from bayeslr.schema import OptimizerConfig, RunConfig, TrainConfig, normalize_optimizer
+from bayeslr.schema import (
+    ModelShape,
+    OptimizerConfig,
+    RunConfig,
+    TrainConfig,
+    normalize_optimizer,
+)
 from collectors.data import BUNDLED, Corpus, load_corpus
 from collectors.optim import DEFAULTS, SCHEDULES, SETTINGS, TRAINABLE, schedule_of
 from collectors.shapes import Factory, expand_shapes, factory_name, resolve_factory
@@ -36,6 +42,9 @@ SECTIONS = {
 }
 FILTER_KEYS = ("d_model", "n_layers", "optimizer", "batch_size", "tokens", "seed")
 """Fields `measure.sharpness_only` may filter runs on."""
+EXTEND_KEYS = ("d_model", "n_layers", "n_heads", "batch_size")
+"""Fields an optimizer's `lr_extend.where` may select runs on: what a whole LR sweep shares
+(horizons and seeds of one sweep always get the same LRs)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,42 @@ class RunSpec:
         if self.config.train.trunk is None:
             return None
         return schedule_of(self.config.train).decay_start
+
+
+@dataclass(frozen=True)
+class LrExtension:
+    """More LRs for some sweeps of one optimizer: `below` / `above` further steps of its
+    log-spaced grid, for the runs whose fields match `where` (field -> allowed values)."""
+
+    below: int
+    above: int
+    where: Mapping[str, tuple]
+
+    def selects(self, shape: ModelShape, batch_size: int) -> bool:
+        values = {"d_model": shape.d_model, "n_layers": shape.n_layers,
+                  "n_heads": shape.n_heads, "batch_size": batch_size}
+        return all(values[key] in allowed for key, allowed in self.where.items())
+
+
+@dataclass(frozen=True)
+class LrGrid:
+    """An optimizer's LRs: the plan's grid, extended for the sweeps an LrExtension selects."""
+
+    values: tuple[float, ...]
+    extensions: tuple[LrExtension, ...] = ()
+
+    def for_sweep(self, shape: ModelShape, batch_size: int) -> list[float]:
+        """The LRs of one sweep (one shape and batch size), ascending for an extended grid."""
+        chosen = [e for e in self.extensions if e.selects(shape, batch_size)]
+        if not chosen:
+            return list(self.values)
+        lo, hi = self.values[0], self.values[-1]
+        step = math.log(hi / lo) / (len(self.values) - 1)
+        below = max(e.below for e in chosen)
+        above = max(e.above for e in chosen)
+        extra = [lo * math.exp(-i * step) for i in range(below, 0, -1)]
+        extra_high = [hi * math.exp(i * step) for i in range(1, above + 1)]
+        return [*_rounded(extra), *self.values, *_rounded(extra_high)]
 
 
 @dataclass(frozen=True)
@@ -144,7 +189,7 @@ def expand_plan(data: Mapping[str, Any], *, base_dir: str | os.PathLike[str] = "
     for shape, extra_model in shapes:
         for batch_size, (opt_name, settings, lrs), seed in itertools.product(
                 batch_sizes, optimizers, seeds):
-            for lr in lrs:
+            for lr in lrs.for_sweep(shape, batch_size):
                 group = _horizon_group(section["train"], horizons, batch_size, shape.context,
                                        seed, precision)
                 for train in group:
@@ -297,7 +342,7 @@ def _with_trunk(spec: RunSpec, trunk: str | None) -> RunSpec:
     return replace(spec, config=config)
 
 
-def _optimizers(table: Any) -> list[tuple[str, dict, list[float]]]:
+def _optimizers(table: Any) -> list[tuple[str, dict, LrGrid]]:
     if not table or not isinstance(table, Mapping):
         raise PlanError("[optimizers]: give at least one optimizer table, e.g. "
                         "[optimizers.adamw] with lr = {min = 1e-4, max = 1e-1, num = 8}")
@@ -312,14 +357,16 @@ def _optimizers(table: Any) -> list[tuple[str, dict, list[float]]]:
         if not isinstance(settings, Mapping):
             raise PlanError(f"[optimizers.{raw_name}] must be a table of settings")
         settings = dict(settings)
-        lrs = _lr_grid(settings.pop("lr", None), settings.pop("lrs", None), raw_name)
+        grid = settings.pop("lr", None)
+        lrs = _lr_grid(grid, settings.pop("lrs", None), raw_name)
+        extensions = _lr_extensions(settings.pop("lr_extend", None), grid, raw_name)
         unknown = sorted(set(settings) - set(SETTINGS[name]))
         if unknown:
             raise PlanError(f"[optimizers.{raw_name}]: unknown setting(s) {unknown}; known: lr, "
-                            f"lrs, {', '.join(SETTINGS[name])}")
+                            f"lrs, lr_extend, {', '.join(SETTINGS[name])}")
         if name == "sgd" and settings.get("nesterov") and not settings.get("momentum", 0.9):
             raise PlanError(f"[optimizers.{raw_name}]: nesterov needs momentum > 0")
-        out.append((name, {**DEFAULTS[name], **settings}, lrs))
+        out.append((name, {**DEFAULTS[name], **settings}, LrGrid(tuple(lrs), extensions)))
     return out
 
 
@@ -351,7 +398,40 @@ def _lr_grid(grid: Any, explicit: Any, name: str) -> list[float]:
                         "LR (the grid is log-spaced)")
     if not values:
         raise PlanError(f"{where}: the LR grid is empty; give num >= 1 or a non-empty lrs")
+    return _rounded(values)
+
+
+def _rounded(values: list[float]) -> list[float]:
+    """LRs to 6 significant digits, so that a run's LR (part of its id) prints as planned."""
     return [float(f"{v:.6g}") for v in values]
+
+
+def _lr_extensions(raw: Any, grid: Any, name: str) -> tuple[LrExtension, ...]:
+    """`lr_extend = {below = 2, above = 0, where = {d_model = [192]}}` (or a list of such
+    tables): further steps of the log-spaced grid for the sweeps `where` selects."""
+    if raw is None:
+        return ()
+    key = f"optimizers.{name}.lr_extend"
+    if not isinstance(grid, Mapping) or grid.get("num", 8) < 2 or not grid["min"] < grid["max"]:
+        raise PlanError(f"{key}: extends a log-spaced grid, so it needs lr = {{min = ..., "
+                        "max = ..., num = ...}} with min < max and num >= 2 (its step is the "
+                        "grid's)")
+    out = []
+    for table in raw if isinstance(raw, list) else [raw]:
+        if not isinstance(table, Mapping) or set(table) - {"below", "above", "where"}:
+            raise PlanError(f"{key}: expected a table {{below = N, above = N, where = "
+                            "{...}}} or a list of them")
+        selector = table.get("where", {})
+        if not isinstance(selector, Mapping) or set(selector) - set(EXTEND_KEYS):
+            raise PlanError(f"{key}.where: expected a table with keys among "
+                            f"{', '.join(EXTEND_KEYS)}, each a list of values")
+        below = _int(table.get("below", 0), f"{key}.below", minimum=0)
+        above = _int(table.get("above", 0), f"{key}.above", minimum=0)
+        if below + above == 0:
+            raise PlanError(f"{key}: give below and/or above >= 1 (steps to add)")
+        out.append(LrExtension(below, above, {
+            k: tuple(v if isinstance(v, list) else [v]) for k, v in selector.items()}))
+    return tuple(out)
 
 
 def _optimizer_config(name: str, lr: float, settings: dict) -> OptimizerConfig:

@@ -200,7 +200,7 @@ NB3 = [
 
 On the **real reference sweep** shipped with bayeslr (`bayeslr/data/README.md`): GPT-style
 byte-level models of 6k to 4.7M non-embedding parameters trained on the bundled corpus with
-AdamW, SGD with momentum and RMSprop, over 9 LRs each with two seeds, at three token horizons
+AdamW, SGD with momentum and RMSprop, over 9-11 LRs each with two seeds, at three token horizons
 and two batch sizes, collected with `collectors/plans/reference.toml`. To keep the notebook
 quick we fit the batch-size-8 half with short chains; the code is the same for any sweep."""),
     new_code_cell(SETUP),

@@ -68,6 +68,32 @@ def test_sharpness_only_selects_a_subset(monkeypatch):
     assert chosen == {16: None, 32: 5}
 
 
+def test_lr_extend_adds_grid_steps_to_the_selected_sweeps_only():
+    grid = {"min": 1e-3, "max": 1e-1, "num": 5}
+    plan = expand_plan(tiny_plan(
+        model={"widths": [16, 32]}, seeds=[0, 1],
+        train={"steps": [20, 40], "schedule": "wsd", "wsd_branching": True},
+        optimizers={"adamw": {"lr": grid, "lr_extend": [
+            {"below": 2, "where": {"d_model": [32]}},
+            {"below": 1, "above": 1, "where": {"d_model": [32], "batch_size": [8]}}]}}))
+    lrs = {width: sorted({s.config.optimizer.lr for s in plan.specs
+                          if s.config.model.d_model == width}) for width in (16, 32)}
+    assert lrs[16] == pytest.approx([1e-3, 10**-2.5, 1e-2, 10**-1.5, 1e-1], rel=1e-5)
+    # the larger of two matching extensions below, and the step of the plan's grid
+    assert lrs[32] == pytest.approx([10**-4, 10**-3.5, *lrs[16], 10**-0.5], rel=1e-5)
+    for width, n_lrs in ((16, 5), (32, 8)):
+        runs = [s for s in plan.specs if s.config.model.d_model == width]
+        assert len(runs) == n_lrs * 2 * 2  # every LR: both seeds, both horizons
+        branches = [s for s in runs if s.config.train.trunk is not None]
+        assert len(branches) == n_lrs * 2
+    # the plan's own grid keeps its runs (and ids) whatever is added
+    base = expand_plan(tiny_plan(
+        model={"widths": [16, 32]}, seeds=[0, 1],
+        train={"steps": [20, 40], "schedule": "wsd", "wsd_branching": True},
+        optimizers={"adamw": {"lr": grid}}))
+    assert {s.run_id for s in base.specs} < {s.run_id for s in plan.specs}
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"optimizers": {"adamx": {"lrs": [1e-3]}}},
      "unknown optimizer 'adamx'; known: adamw, adam, sgd, rmsprop"),
@@ -82,6 +108,15 @@ def test_sharpness_only_selects_a_subset(monkeypatch):
     ({"optimizers": {"adamw": {"lrs": [1e-3], "betas": 0.9}}}, "unknown setting"),
     ({"train": {"steps": [30], "schedule": "cosine", "wsd_branching": True}}, "wsd"),
     ({"model": {"widths": [16], "typo": 1}}, "unknown key"),
+    ({"optimizers": {"adamw": {"lrs": [1e-3, 1e-2], "lr_extend": {"below": 1}}}},
+     "needs lr = {min = ..., max = ..., num = ...}"),
+    ({"optimizers": {"adamw": {"lr": {"min": 1e-3, "max": 1e-1, "num": 3},
+                               "lr_extend": {"below": 1, "where": {"seed": [0]}}}}},
+     "lr_extend.where: expected a table with keys among d_model, n_layers, n_heads, "
+     "batch_size"),
+    ({"optimizers": {"adamw": {"lr": {"min": 1e-3, "max": 1e-1, "num": 3},
+                               "lr_extend": {"where": {"d_model": [16]}}}}},
+     "give below and/or above >= 1"),
 ])
 def test_bad_plans_fail_before_training_and_write_nothing(tmp_path, change, message):
     plan = tiny_plan(**change)
