@@ -97,12 +97,12 @@ class LrExtension:
 
     below: int
     above: int
-    where: Mapping[str, tuple]
+    where: Mapping[str, Any]
+    """Field -> value or list of values (as measure.sharpness_only)."""
 
     def selects(self, shape: ModelShape, batch_size: int) -> bool:
-        values = {"d_model": shape.d_model, "n_layers": shape.n_layers,
-                  "n_heads": shape.n_heads, "batch_size": batch_size}
-        return all(values[key] in allowed for key, allowed in self.where.items())
+        return _selected({"d_model": shape.d_model, "n_layers": shape.n_layers,
+                          "n_heads": shape.n_heads, "batch_size": batch_size}, self.where)
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,9 @@ class LrGrid:
             return list(self.values)
         lo, hi = self.values[0], self.values[-1]
         step = math.log(hi / lo) / (len(self.values) - 1)
-        below = max(e.below for e in chosen)
-        above = max(e.above for e in chosen)
-        extra = [lo * math.exp(-i * step) for i in range(below, 0, -1)]
-        extra_high = [hi * math.exp(i * step) for i in range(1, above + 1)]
-        return [*_rounded(extra), *self.values, *_rounded(extra_high)]
+        below = [lo * math.exp(i * step) for i in range(-max(e.below for e in chosen), 0)]
+        above = [hi * math.exp(i * step) for i in range(1, max(e.above for e in chosen) + 1)]
+        return [*_rounded(below), *self.values, *_rounded(above)]
 
 
 @dataclass(frozen=True)
@@ -264,8 +262,12 @@ def _spec_options(options: RunOptions, config: RunConfig, section: dict) -> RunO
     if not isinstance(where, Mapping) or set(where) - set(FILTER_KEYS):
         raise PlanError(f"measure.sharpness_only: expected a table with keys among "
                         f"{', '.join(FILTER_KEYS)}, each a list of values")
-    keep = all(values[k] in (v if isinstance(v, list) else [v]) for k, v in where.items())
-    return options if keep else replace(options, sharpness_every=None)
+    return options if _selected(values, where) else replace(options, sharpness_every=None)
+
+
+def _selected(values: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    """Whether a run's fields (`values`) match a plan filter: field -> value or list of values."""
+    return all(values[k] in (v if isinstance(v, (list, tuple)) else [v]) for k, v in where.items())
 
 
 def _horizons(train: dict) -> list[tuple[str, float]]:
@@ -429,8 +431,7 @@ def _lr_extensions(raw: Any, grid: Any, name: str) -> tuple[LrExtension, ...]:
         above = _int(table.get("above", 0), f"{key}.above", minimum=0)
         if below + above == 0:
             raise PlanError(f"{key}: give below and/or above >= 1 (steps to add)")
-        out.append(LrExtension(below, above, {
-            k: tuple(v if isinstance(v, list) else [v]) for k, v in selector.items()}))
+        out.append(LrExtension(below, above, dict(selector)))
     return tuple(out)
 
 
