@@ -50,20 +50,13 @@ class SweepOptimum:
 def sweep_optimum(lr: Sequence[float], loss: Sequence[float],
                   diverged: Sequence[bool]) -> SweepOptimum:
     """Summarise one configuration's sweep; raises ModelError without 2 stable points below
-    its first divergence. Runs at LRs above a diverged one are past the stability edge (their
-    losses are erratic), so they are not read as part of the curve. Repeated LRs (seeds) are
-    read as one point: their mean loss, diverged if any of them diverged."""
-    lr, loss, bad = _per_lr(np.asarray(lr, float), np.asarray(loss, float),
-                            np.asarray(diverged, bool))
-    first_div = float(np.log(lr[bad]).min()) if bad.any() else np.inf
-    below = ~bad & (np.log(lr) < first_div)
-    if below.sum() < 2:
+    its first divergence (see `stable_points`)."""
+    points = stable_points(np.log(np.asarray(lr, float)), loss, diverged)
+    x, y, best = points.log_lr, points.loss, points.best
+    if len(x) < 2:
         raise ModelError(f"a sweep needs >= 2 stable runs below its first divergence to locate "
-                         f"its optimum; got {below.sum()} of {len(lr)} LRs")
-    order = np.argsort(lr[below])
-    x, y = np.log(lr[below])[order], loss[below][order]
-    best = int(np.argmin(y))
-    lo, hi = max(0, best - WINDOW), min(len(x), best + WINDOW + 1)
+                         f"its optimum; got {len(x)} of {points.n_lrs} LRs")
+    lo, hi = points.window.start, points.window.stop
     coef = _local_quadratic(x[lo:hi], y[lo:hi])
     if coef[0] <= 0:  # no convex curve around the argmin: read the grid as measured
         coef, lo, hi = np.array([0.0, 0.0, y[best]]), best, best + 1
@@ -71,19 +64,50 @@ def sweep_optimum(lr: Sequence[float], loss: Sequence[float],
     vertex = float(np.clip(-coef[1] / (2 * coef[0]), *window)) if coef[0] > 0 else x[best]
     return SweepOptimum(lr_argmin=float(np.exp(x[best])), lr_opt=float(np.exp(vertex)),
                         loss_opt=float(np.polyval(coef, vertex)), log_lr=x, loss=y,
-                        first_diverged_log_lr=first_div, coef=coef, window=window)
+                        first_diverged_log_lr=points.first_diverged_log_lr, coef=coef,
+                        window=window)
 
 
-def _per_lr(lr: np.ndarray, loss: np.ndarray,
-            diverged: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(unique LRs, mean loss over their runs, whether any run there failed)."""
-    unique, index = np.unique(lr, return_inverse=True)
-    bad = diverged | ~np.isfinite(loss)
+@dataclass(frozen=True)
+class StablePoints:
+    """A sweep's stable LRs below its first divergence, one point per LR, ascending."""
+
+    log_lr: np.ndarray
+    loss: np.ndarray
+    """Mean final loss over the LR's runs (nats/token)."""
+    count: np.ndarray
+    """Runs (seeds) averaged at each LR."""
+    first_diverged_log_lr: float
+    """ln LR of the smallest LR where a run failed (inf when none failed)."""
+    n_lrs: int
+    """Distinct LRs of the sweep, stable or not."""
+
+    @property
+    def best(self) -> int:
+        """Index of the lowest loss (0 when there are no points)."""
+        return int(np.argmin(self.loss)) if len(self.loss) else 0
+
+    @property
+    def window(self) -> slice:
+        """The points around the best one that the local quadratic is fitted to."""
+        return slice(max(0, self.best - WINDOW), min(len(self.loss), self.best + WINDOW + 1))
+
+
+def stable_points(log_lr: Sequence[float], loss: Sequence[float],
+                  diverged: Sequence[bool]) -> StablePoints:
+    """Runs at LRs above a failed one (diverged or a non-finite loss) are past the stability
+    edge (their losses are erratic), so they are not read as part of the curve. Repeated LRs
+    (seeds) are read as one point: their mean loss, failed if any of them failed."""
+    log_lr, loss = np.asarray(log_lr, float), np.asarray(loss, float)
+    unique, index, count = np.unique(log_lr, return_inverse=True, return_counts=True)
+    bad = np.asarray(diverged, bool) | ~np.isfinite(loss)
     failed = np.bincount(index, weights=bad, minlength=len(unique)) > 0
     total = np.bincount(index, weights=np.where(bad, 0.0, loss), minlength=len(unique))
-    mean = np.divide(total, np.bincount(index, minlength=len(unique)), where=~failed,
-                     out=np.full(len(unique), np.nan))
-    return unique, mean, failed
+    first_failed = float(unique[failed].min()) if failed.any() else np.inf
+    keep = ~failed & (unique < first_failed)
+    return StablePoints(log_lr=unique[keep], loss=total[keep] / count[keep],
+                        count=count[keep], first_diverged_log_lr=first_failed,
+                        n_lrs=len(unique))
 
 
 def _local_quadratic(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bayeslr.baselines import WINDOW
+from bayeslr.baselines import stable_points
 from bayeslr.features import Features
 
 MIN_FITS = 6
@@ -96,16 +96,9 @@ def _config_fit(features: Features, config: int) -> _Fit | None:
     diverged LR, repeated LRs averaged); None without a convex fit whose vertex lies in
     its window."""
     runs = features.point_config == config
-    log_lr, failed = features.log_lr[runs], features.diverged[runs]
-    first_failed = log_lr[failed].min() if failed.any() else np.inf
-    keep = ~failed & (log_lr < first_failed)
-    x, index, count = np.unique(log_lr[keep], return_inverse=True, return_counts=True)
-    if len(x) < 3:
-        return None
-    y = np.bincount(index, weights=features.loss[runs][keep]) / count
-    best = int(np.argmin(y))
-    window = slice(max(0, best - WINDOW), min(len(x), best + WINDOW + 1))
-    x, y, count = x[window], y[window], count[window]
+    points = stable_points(features.log_lr[runs], features.loss[runs], features.diverged[runs])
+    window = points.window
+    x, y, count = points.log_lr[window], points.loss[window], points.count[window]
     if len(x) < 3:
         return None
     centre = x.mean()
