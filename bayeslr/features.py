@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
+from bayeslr.bracketing import grid_edges, grid_notes
 from bayeslr.design import Standardizer, curvature_columns, term_names
 from bayeslr.errors import DataWarning, ModelError
 from bayeslr.schema import ModelShape, OptimizerConfig, TrainConfig
@@ -119,6 +120,7 @@ def build_features(table: pd.DataFrame, spec: ModelSpec, *, warn: bool = True) -
     position = {cid: i for i, cid in enumerate(configs.index)}
     runs = runs.assign(_config_index=runs["_config"].map(position)).sort_values(
         ["_config_index", "lr"], kind="stable")
+    notes += _grid_notes(runs, configs, spec)
     if warn:
         for note in notes:
             warnings.warn(note, DataWarning, stacklevel=3)
@@ -134,6 +136,19 @@ def build_features(table: pd.DataFrame, spec: ModelSpec, *, warn: bool = True) -
         rho=configs["_rho"].to_numpy(float) if spec.lr_kind == "effective" else None,
         notes=tuple(notes),
     )
+
+
+def _grid_notes(runs: pd.DataFrame, configs: pd.DataFrame, spec: ModelSpec) -> list[str]:
+    """Notes for the sweeps whose LR grid does not bracket their optimum, each configuration
+    named by its optimizer and covariates (bayeslr.bracketing)."""
+    diverged = runs["diverged"].to_numpy(bool)
+    edges = grid_edges(np.log(runs["lr"].to_numpy(float)),
+                       np.where(diverged, np.nan, runs["loss"].to_numpy(float)), diverged,
+                       runs["_config_index"].to_numpy(int), len(configs))
+    columns = [c for c in spec.covariates if c in configs]
+    labels = [" ".join([str(row["optimizer"])] + [f"{c}={float(row[c]):.4g}" for c in columns])
+              for _, row in configs.iterrows()]
+    return grid_notes(edges, pd.Series(labels))
 
 
 def clean_runs(table: pd.DataFrame, spec: ModelSpec, notes: list[str]) -> pd.DataFrame:

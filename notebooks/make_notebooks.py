@@ -66,7 +66,9 @@ runs[cols].sort_values(["optimizer", "n_params", "tokens", "batch_size", "lr"]).
 ## Fit
 `fit` cleans the table (every dropped run or unidentified term is reported as a warning),
 builds the PyMC model and samples with NUTS. Sweeps with a single LR carry no information about
-their own optimum and are dropped, which the warning says."""),
+their own optimum and are dropped, which the warning says; sweeps whose best LR is the lowest
+or the highest they tried (many of these slices have two LRs) are counted and named, since
+their optimum may lie outside the grid."""),
     new_code_cell(FIT_MARIN),
     new_markdown_cell("""\
 ## Diagnostics

@@ -35,8 +35,11 @@ def quiet(table: pd.DataFrame, spec: ModelSpec | None = None):
 def test_configurations_points_and_standardized_covariates():
     table = sweep_table()
     features, notes = quiet(table)
-    assert notes == ["curvature term tokens^2 not identified (needs >= 3 distinct values of "
-                     "tokens); dropped"]
+    assert notes[0] == ("curvature term tokens^2 not identified (needs >= 3 distinct values "
+                        "of tokens); dropped")
+    assert notes[1].startswith("1 of 24 configurations have their lowest loss at the lowest LR")
+    assert notes[2].startswith("3 of 24 configurations have their lowest loss at the largest LR")
+    assert len(notes) == 3
     assert features.n_points == len(table) and features.n_configs == 24
     assert features.optimizers == ("adamw", "sgd") and features.families == ("gpt",)
     assert features.covariates == ("n_params", "tokens", "batch_size")
@@ -49,6 +52,25 @@ def test_configurations_points_and_standardized_covariates():
     assert (runs["optimizer"].to_numpy() == np.array(features.optimizers)[
         features.config_optimizer[features.point_config]]).all()
     assert np.isnan(features.loss[features.diverged]).all()
+
+
+def test_sweeps_whose_grid_misses_the_optimum_are_named():
+    """A sweep bracketed by worse losses, or by a failure above its best LR, gets no note; a
+    sweep best at its lowest LR, or at its highest with nothing above, is named with advice."""
+    curves = {1e5: ([3.0, 2.8, 2.9, None], "bracketed"), 2e5: ([2.7, 2.8, 2.9, 3.1], "low"),
+              4e5: ([3.2, 3.0, 2.9, 2.85], "high"), 8e5: ([3.3, 3.1, 2.9, None], "edge")}
+    rows = [{"optimizer": "adamw", "n_params": n, "lr": 1e-3 * 2.0**i, "loss": loss,
+             "diverged": loss is None}
+            for n, (losses, _) in curves.items() for i, loss in enumerate(losses)]
+    _, notes = quiet(pd.DataFrame(rows), ModelSpec(covariates=("n_params",)))
+    low = [n for n in notes if "at the lowest LR they tried" in n]
+    high = [n for n in notes if "at the largest LR they tried" in n]
+    assert len(low) == len(high) == 1
+    assert low[0].startswith("1 of 4 configurations") and "adamw n_params=2e+05)" in low[0]
+    assert low[0].endswith("sweep them to lower LRs")
+    assert high[0].startswith("1 of 4 configurations") and "adamw n_params=4e+05)" in high[0]
+    assert high[0].endswith("sweep them to higher LRs")
+    assert not any("1e+05" in n or "8e+05" in n for n in low + high)
 
 
 def test_one_model_size_drops_the_n_exponent_with_a_clear_warning():
