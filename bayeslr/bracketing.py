@@ -36,7 +36,7 @@ def grid_edges(log_lr: np.ndarray, loss: np.ndarray, diverged: np.ndarray,
             continue
         if points.best == 0:
             out[c] = BELOW
-        elif (points.best == len(points.loss) - 1 and points.n_lrs == len(points.loss)):
+        elif points.best == len(points.loss) - 1 and points.n_lrs == len(points.loss):
             out[c] = ABOVE
     return out
 

@@ -57,11 +57,13 @@ def test_configurations_points_and_standardized_covariates():
 def test_sweeps_whose_grid_misses_the_optimum_are_named():
     """A sweep bracketed by worse losses, or by a failure above its best LR, gets no note; a
     sweep best at its lowest LR, or at its highest with nothing above, is named with advice."""
-    curves = {1e5: ([3.0, 2.8, 2.9, None], "bracketed"), 2e5: ([2.7, 2.8, 2.9, 3.1], "low"),
-              4e5: ([3.2, 3.0, 2.9, 2.85], "high"), 8e5: ([3.3, 3.1, 2.9, None], "edge")}
+    curves = {1e5: [3.0, 2.8, 2.9, None],  # bracketed by a worse loss
+              2e5: [2.7, 2.8, 2.9, 3.1],  # best at the lowest LR
+              4e5: [3.2, 3.0, 2.9, 2.85],  # best at the highest LR, nothing above
+              8e5: [3.3, 3.1, 2.9, None]}  # best at the last stable LR, a divergence above
     rows = [{"optimizer": "adamw", "n_params": n, "lr": 1e-3 * 2.0**i, "loss": loss,
              "diverged": loss is None}
-            for n, (losses, _) in curves.items() for i, loss in enumerate(losses)]
+            for n, losses in curves.items() for i, loss in enumerate(losses)]
     _, notes = quiet(pd.DataFrame(rows), ModelSpec(covariates=("n_params",)))
     low = [n for n in notes if "at the lowest LR they tried" in n]
     high = [n for n in notes if "at the largest LR they tried" in n]
