@@ -47,7 +47,7 @@ def fit(data: Any, spec: ModelSpec | None = None, *, draws: int = 1000, tune: in
     Raises ModelError when the data cannot identify anything; warns (DataWarning) about what
     was dropped and (SamplingWarning) when diagnostics fail.
     """
-    from bayeslr.model import build_model, compile_key, model_coords
+    from bayeslr.model import build_model, compile_key, model_coords, parameterization
     from bayeslr.priors import model_priors, priors_frame
 
     spec = spec or ModelSpec()
@@ -55,14 +55,16 @@ def fit(data: Any, spec: ModelSpec | None = None, *, draws: int = 1000, tune: in
     table = normalize_table(as_table(data))
     features = build_features(table, spec)
     priors = model_priors(features, spec)
-    model = build_model(features, priors, spec)
+    centred = parameterization(features)  # pinning fits every sweep: computed once
+    model = build_model(features, priors, spec, centred=centred)
     sampler = resolve_sampler(sampler)
     start = time.perf_counter()
     timings: dict[str, float] = {}
     idata = sample(model, sampler=sampler, draws=draws, tune=tune, chains=chains, seed=seed,
                    target_accept=target_accept, cores=cores, progressbar=progressbar,
                    timings=timings, compiled=compiled,
-                   key=compile_key(features, priors, spec) if compiled is not None else "")
+                   key=(compile_key(features, priors, spec, centred=centred)
+                        if compiled is not None else ""))
     seconds = time.perf_counter() - start
     coords = model_coords(features)[DIMS.POINT]
     idata["log_likelihood"] = xr.DataTree(run_loglik(idata.posterior.dataset, features, spec,

@@ -106,10 +106,13 @@ def build_model(features: Features, priors: ModelPriors, spec: ModelSpec, *,
     return model
 
 
-def compile_key(features: Features, priors: ModelPriors, spec: ModelSpec) -> str:
-    """Everything the model of `build_model` (default parameterization) depends on besides its
-    pm.Data: two models with one key differ only in data, so one compiled sampler serves both
-    (see bayeslr.fit.CompiledModels)."""
+def compile_key(features: Features, priors: ModelPriors, spec: ModelSpec, *,
+                centred: frozenset | None = None) -> str:
+    """Everything the model of `build_model` depends on besides its pm.Data: two models with
+    one key differ only in data, so one compiled sampler serves both (see
+    bayeslr.fit.CompiledModels). `centred`: as given to build_model (default:
+    `parameterization(features)`)."""
+    centred = parameterization(features) if centred is None else centred
     coords = {k: v for k, v in model_coords(features).items()
               if k not in (DIMS.POINT, DIMS.OBSERVED)}
     table = {name: (p.dist, p.mu, p.sigma) for name, p in sorted(priors.table.items())
@@ -117,7 +120,7 @@ def compile_key(features: Features, priors: ModelPriors, spec: ModelSpec) -> str
     table["curv"] = (priors["curv"].dist, priors["curv"].sigma)
     arrays = [priors.slope_mu, priors.slope_sd, priors.slope_spread, priors.family_spread,
               priors.curvature_sd, np.asarray(features.standardizer.scale, float)]
-    return repr((spec, sorted(parameterization(features)), coords, features.rho is None,
+    return repr((spec, sorted(centred), coords, features.rho is None,
                  table, [a.tolist() for a in arrays]))
 
 
