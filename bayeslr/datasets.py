@@ -24,3 +24,9 @@ def reference_jsonl() -> Path:
     """The reference sweep collected with collectors/plans/reference.toml (see the README):
     5 GPT sizes x 3 horizons x 2 batch sizes x AdamW/SGD/RMSprop x 9 LRs, as JSON lines."""
     return shipped("reference_sweep.jsonl.gz")
+
+
+def adamw_dense_jsonl() -> Path:
+    """Dense AdamW sweeps (LRs a factor 1.33 apart) at three of the reference sweep's sizes,
+    collected with collectors/plans/adamw_dense*.toml (see the README), as JSON lines."""
+    return shipped("adamw_dense_sweep.jsonl.gz")

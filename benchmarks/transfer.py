@@ -39,7 +39,8 @@ in GPU-hours and energy for a user-given target, with the assumptions printed.
 
     python benchmarks/transfer.py [--sweep FILE|DIR] [--hold-out size|horizon]
                                   [--train-sizes 3] [--held-size K] [--train-seed S|all]
-                                  [--lr-kind lr|effective] [--plot FILE.png]
+                                  [--lr-kind lr|effective] [--no-curvature]
+                                  [--plot FILE.png]
 
 Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_ratio=<r>`
 (regrets are medians over the held-out configurations).
@@ -89,6 +90,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr-kind", choices=("lr", "effective"), default="lr",
                         help="fit the law for the peak LR (default) or for the effective LR "
                              "(update size relative to weight norm; ModelSpec.lr_kind)")
+    parser.add_argument("--curvature", action=argparse.BooleanOptionalAction, default=True,
+                        help="the law's quadratic and interaction terms in log N and log D "
+                             "(ModelSpec.curvature; default on)")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -323,7 +327,8 @@ def main() -> None:
     divergence_loss = math.log(float(table["vocab_size"].dropna().iloc[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        posterior = fit(train, ModelSpec(covariates=COVARIATES, lr_kind=args.lr_kind),
+        posterior = fit(train, ModelSpec(covariates=COVARIATES, lr_kind=args.lr_kind,
+                                         curvature=args.curvature),
                         draws=args.draws, tune=args.draws, chains=args.chains, seed=args.seed,
                         progressbar=False)
     diag = posterior.diagnostics()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
+import collectors
 from bayeslr.cli import main
+from bayeslr.datasets import adamw_dense_jsonl
 from bayeslr.errors import PlanError
+from bayeslr.fit import as_table
 from collectors.optim import Schedule
 from collectors.plan import expand_plan, load_plan
 from tests.collect_helpers import tiny_plan, write_plan
@@ -161,3 +165,21 @@ def test_schedules_warm_up_then_decay_to_the_floor():
     assert Schedule("constant", total_steps=5)(4) == 1.0
     with pytest.raises(PlanError, match="unknown schedule"):
         Schedule("step", total_steps=5)
+
+
+SHIPPED_PLANS = Path(collectors.__file__).parent / "plans"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED_PLANS.glob("*.toml")))
+def test_shipped_plans_load_with_unique_runs(name):
+    plan = load_plan(SHIPPED_PLANS / name)
+    assert len(plan) > 0
+    assert len({spec.run_id for spec in plan.specs}) == len(plan)
+
+
+def test_shipped_dense_sweep_is_exactly_its_plans_runs():
+    planned = {spec.run_id for name in ("adamw_dense.toml", "adamw_dense_333k.toml")
+               for spec in load_plan(SHIPPED_PLANS / name).specs}
+    runs = as_table(adamw_dense_jsonl())
+    assert len(planned) == 468
+    assert set(runs["run_id"]) == planned and runs["run_id"].is_unique

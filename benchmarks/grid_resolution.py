@@ -1,0 +1,133 @@
+"""Grid resolution: where the reference sweep's coarse LR grid puts the optimum, against dense
+sweeps of the same configurations.
+
+The reference sweep steps its LRs by a factor 3.16, and the transfer benchmark reads each
+sweep's optimum as the vertex of a quadratic in ln LR through the five stable points around
+its argmin (bayeslr.baselines.sweep_optimum), a window 4.6 natural-log units wide. Dense
+sweeps (collectors/plans/adamw_dense.toml and adamw_dense_333k.toml: a factor 1.33 between
+LRs, the same models, horizons, batch sizes and seeds) measure the loss between those points.
+For each dense configuration this prints, as LRs and as regret on the dense sweep:
+
+- the dense optimum: sweep_optimum of the dense runs, completed outside their LR range by the
+  reference runs (both seeds averaged per LR, as the transfer benchmark reads a sweep);
+- the coarse optimum: sweep_optimum of the reference runs alone (what transfer.py scores
+  against);
+- the model's optimum: the posterior median of eta* from a fit to the reference sweep's
+  `--train-sizes` smallest sizes, seed 0 (transfer.py's default fit): the configuration's own
+  posterior at a fitted size, the prediction for a new configuration at a held-out size;
+- the OLS power law on the training sizes' grid argmins (transfer.py's baseline);
+- the seed noise floor: a seed's own dense optimum on the other seed's dense sweep.
+
+    python benchmarks/grid_resolution.py [SWEEPDIR ...] [--train-sizes 3]
+
+The dense sweeps default to the shipped bayeslr/data/adamw_dense_sweep.jsonl.gz.
+
+Last line: `grid: coarse_log10_bias=<x> model_log10_bias=<y> coarse_regret_pct=<a>
+model_regret_pct=<b> ols_regret_pct=<c>` (medians over the dense configurations; bias =
+log10(LR / dense optimum); regret in % of the dense optimum's loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from transfer import CONFIG, COVARIATES, first_seed, optima, seed_noise
+
+from bayeslr.answers import predict_lr
+from bayeslr.baselines import fit_ols_law, regret
+from bayeslr.datasets import adamw_dense_jsonl, reference_jsonl
+from bayeslr.fit import as_table, fit
+from bayeslr.spec import ModelSpec
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="*",
+                        help="sweep dirs or .jsonl[.gz] of dense sweeps (default: the shipped "
+                             "bayeslr/data/adamw_dense_sweep.jsonl.gz)")
+    parser.add_argument("--train-sizes", type=int, default=3,
+                        help="fit the model and OLS on this many smallest sizes (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    return parser.parse_args()
+
+
+def with_reference(dense: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """The dense runs plus the reference runs of the same configurations outside the dense
+    LR range (inside it the dense runs stand for the reference ones)."""
+    span = dense.groupby(CONFIG)["lr"].agg(["min", "max"]).reset_index()
+    ref = reference.merge(span, on=CONFIG)
+    outside = (ref["lr"] < ref["min"] / 1.01) | (ref["lr"] > ref["max"] * 1.01)
+    return pd.concat([dense, ref.loc[outside].drop(columns=["min", "max"])],
+                     ignore_index=True)
+
+
+def model_optima(train: pd.DataFrame, targets: pd.DataFrame, seed: int) -> np.ndarray:
+    """Posterior median eta* at each target: the configuration's own posterior where it was
+    fitted, the predictive distribution of a new configuration elsewhere."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posterior = fit(train, ModelSpec(covariates=COVARIATES), draws=1000, tune=1000,
+                        chains=4, seed=seed, progressbar=False)
+        predicted = predict_lr(posterior, targets[CONFIG], seed=seed)["eta_median"].to_numpy()
+    fitted = posterior.configs().reset_index()
+    fitted["eta"] = np.exp(fitted["log_eta_median"])
+    own = targets[CONFIG].merge(fitted[[*CONFIG, "eta"]], on=CONFIG, how="left")["eta"]
+    return np.where(own.notna(), own.to_numpy(), predicted)
+
+
+def main() -> None:
+    args = parse_args()
+    reference = as_table(reference_jsonl())
+    paths = args.sweeps or [adamw_dense_jsonl()]
+    dense = pd.concat([as_table(path) for path in paths], ignore_index=True)
+    completed = with_reference(dense, reference)
+    measured = optima(completed)
+    coarse = optima(reference.merge(measured[CONFIG], on=CONFIG))
+    sizes = np.sort(reference["n_params"].unique())[:args.train_sizes]
+    train = first_seed(reference[reference["n_params"].isin(sizes)])
+    table = measured[CONFIG].assign(
+        dense=measured["lr_opt"], coarse=measured[CONFIG].merge(coarse, on=CONFIG)["lr_opt"],
+        model=model_optima(train, measured, args.seed),
+        ols=fit_ols_law(optima(train), COVARIATES).predict(measured))
+    divergence_loss = math.log(float(reference["vocab_size"].dropna().iloc[0]))
+    score(table, measured, divergence_loss)
+    print(f"dense configurations: {len(table)}; model and OLS fitted on sizes "
+          f"{[f'{s:.3g}' for s in sizes]} (seed 0)\n")
+    print_report(table, completed, divergence_loss)
+
+
+def score(table: pd.DataFrame, measured: pd.DataFrame, divergence_loss: float) -> None:
+    """Add each reading's regret (% of the dense optimum's loss) on the dense sweep and its
+    log10 ratio to the dense optimum, in place."""
+    for name in ("coarse", "model", "ols"):
+        table[f"{name}_regret_pct"] = [
+            100 * regret(opt, lr, divergence_loss=divergence_loss) / opt.loss_opt
+            for opt, lr in zip(measured["opt"], table[name], strict=True)]
+        table[f"{name}_log10"] = np.log10(table[name] / table["dense"])
+
+
+def print_report(table: pd.DataFrame, completed: pd.DataFrame, divergence_loss: float) -> None:
+    """Per configuration, medians by size, the seed noise floor, and the last line."""
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print("\nmedians by size (log10 LR / dense optimum; regret % on the dense sweep):")
+    columns = [f"{n}_{k}" for k in ("log10", "regret_pct") for n in ("coarse", "model", "ols")]
+    print(table.groupby("n_params")[columns].median().to_string(
+        float_format=lambda v: f"{v:+.3f}"))
+    noise = seed_noise({seed: optima(runs) for seed, runs in completed.groupby("seed")},
+                       divergence_loss)
+    if noise is not None:
+        print(f"seed noise floor on the dense sweeps: a seed's own optimum on another seed's "
+              f"sweep costs {noise['regret_pct'].median():.3f}% (median), optima differ by "
+              f"{noise['log10_diff'].median():.3f} decades (median; {len(noise)} pairs)")
+    print(f"grid: coarse_log10_bias={table['coarse_log10'].median():.3f} "
+          f"model_log10_bias={table['model_log10'].median():.3f} "
+          f"coarse_regret_pct={table['coarse_regret_pct'].median():.3f} "
+          f"model_regret_pct={table['model_regret_pct'].median():.3f} "
+          f"ols_regret_pct={table['ols_regret_pct'].median():.3f}")
+
+if __name__ == "__main__":
+    main()
