@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from transfer import CONFIG, COVARIATES, first_seed, optima, seed_noise
+from transfer import CONFIG, COVARIATES, first_seed, optima, seed_noise, with_dense
 
 from bayeslr.answers import predict_lr
 from bayeslr.baselines import fit_ols_law, regret
@@ -53,16 +53,6 @@ def parse_args() -> argparse.Namespace:
                         help="fit the model and OLS on this many smallest sizes (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     return parser.parse_args()
-
-
-def with_reference(dense: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
-    """The dense runs plus the reference runs of the same configurations outside the dense
-    LR range (inside it the dense runs stand for the reference ones)."""
-    span = dense.groupby(CONFIG)["lr"].agg(["min", "max"]).reset_index()
-    ref = reference.merge(span, on=CONFIG)
-    outside = (ref["lr"] < ref["min"] / 1.01) | (ref["lr"] > ref["max"] * 1.01)
-    return pd.concat([dense, ref.loc[outside].drop(columns=["min", "max"])],
-                     ignore_index=True)
 
 
 def model_optima(train: pd.DataFrame, targets: pd.DataFrame, seed: int) -> np.ndarray:
@@ -84,7 +74,7 @@ def main() -> None:
     reference = as_table(reference_jsonl())
     paths = args.sweeps or [adamw_dense_jsonl()]
     dense = pd.concat([as_table(path) for path in paths], ignore_index=True)
-    completed = with_reference(dense, reference)
+    completed = with_dense(reference.merge(dense[CONFIG].drop_duplicates(), on=CONFIG), dense)
     measured = optima(completed)
     coarse = optima(reference.merge(measured[CONFIG], on=CONFIG))
     sizes = np.sort(reference["n_params"].unique())[:args.train_sizes]

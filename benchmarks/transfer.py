@@ -16,6 +16,9 @@ Each prediction is scored against that configuration's measured sweep:
 
 It also counts the predictions that fall between a sweep's last stable and first diverged LR
 (unmeasured; read as the last stable loss) and the sweeps whose best LR is the grid's lowest.
+With `--dense`, the held-out AdamW sweeps that the shipped dense sweeps resample (LRs a
+factor 1.33 apart at 24.9k, 55.8k and 333k; bayeslr/data/adamw_dense_sweep.jsonl.gz) are
+scored against those, completed outside their LR range by the coarse runs.
 
 The fit sees one seed (the first, or `--train-seed`) of the training sizes, as a user's small
 sweeps would. The held-out sweeps are read with all their seeds: losses at one LR are
@@ -39,7 +42,7 @@ in GPU-hours and energy for a user-given target, with the assumptions printed.
 
     python benchmarks/transfer.py [--sweep FILE|DIR] [--hold-out size|horizon]
                                   [--train-sizes 3] [--held-size K] [--train-seed S|all]
-                                  [--lr-kind lr|effective] [--no-curvature]
+                                  [--lr-kind lr|effective] [--no-curvature] [--dense]
                                   [--plot FILE.png]
 
 Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_ratio=<r>`
@@ -58,7 +61,7 @@ import pandas as pd
 
 from bayeslr.answers import predict_lr
 from bayeslr.baselines import SweepOptimum, fit_ols_law, regret, sweep_optimum
-from bayeslr.datasets import reference_jsonl
+from bayeslr.datasets import adamw_dense_jsonl, reference_jsonl
 from bayeslr.decisions import recommend
 from bayeslr.errors import ModelError
 from bayeslr.fit import as_table, fit
@@ -93,6 +96,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--curvature", action=argparse.BooleanOptionalAction, default=True,
                         help="the law's quadratic and interaction terms in log N and log D "
                              "(ModelSpec.curvature; default on)")
+    parser.add_argument("--dense", action="store_true",
+                        help="score the held-out sweeps that the shipped dense AdamW sweeps "
+                             "resample (24.9k, 55.8k, 333k) against those")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -175,6 +181,25 @@ def optima(table: pd.DataFrame) -> pd.DataFrame:
                      "lr_argmin": opt.lr_argmin, "lr_opt": opt.lr_opt,
                      "loss_opt": opt.loss_opt})
     return pd.DataFrame(rows)
+
+
+def with_dense(test: pd.DataFrame, dense: pd.DataFrame) -> pd.DataFrame:
+    """`test` with the runs of each sweep that `dense` resamples replaced, inside the dense
+    LR range, by the dense runs (outside it the coarse runs complete the sweep)."""
+    span = dense.groupby(CONFIG)["lr"].agg(["min", "max"]).reset_index()
+    bounds = test[CONFIG].merge(span, on=CONFIG, how="left")
+    inside = ((test["lr"].to_numpy() >= bounds["min"].to_numpy() / 1.01)
+              & (test["lr"].to_numpy() <= bounds["max"].to_numpy() * 1.01))
+    resampled = dense.merge(test[CONFIG].drop_duplicates(), on=CONFIG)
+    return pd.concat([test[~inside], resampled], ignore_index=True)
+
+
+def dense_scoring(test: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """`test` with the shipped dense AdamW sweeps in (`with_dense`), and a note of how many
+    held-out configurations they resample."""
+    dense = as_table(adamw_dense_jsonl())
+    keys = dense[CONFIG].drop_duplicates().merge(test[CONFIG].drop_duplicates(), on=CONFIG)
+    return with_dense(test, dense), f"; {len(keys)} of them scored against dense sweeps"
 
 
 def score(held: pd.DataFrame, predicted: np.ndarray, divergence_loss: float) -> pd.DataFrame:
@@ -332,6 +357,9 @@ def main() -> None:
                         draws=args.draws, tune=args.draws, chains=args.chains, seed=args.seed,
                         progressbar=False)
     diag = posterior.diagnostics()
+    n_lrs = int(train.groupby(CONFIG)["lr"].nunique().median())
+    ratio = compute_ratio(train, test, n_lrs)
+    test, dense_note = dense_scoring(test) if args.dense else (test, "")
     held = optima(test)
     train_optima = optima(train)
     with warnings.catch_warnings():
@@ -347,8 +375,6 @@ def main() -> None:
               for name, column in (("bayeslr", "eta_median"), ("bayes_rec", "recommended"),
                                    ("ols", "ols_lr"), ("same_lr", "same_lr"))}
     covered = covered90(held)
-    n_lrs = int(train.groupby(CONFIG)["lr"].nunique().median())
-    ratio = compute_ratio(train, test, n_lrs)
 
     sizes = sorted(train["n_params"].unique())
     horizons = train["tokens"].groupby(horizon_levels(train["tokens"])).min()
@@ -357,7 +383,7 @@ def main() -> None:
           f"{diag['rhat_max']:.3f}, min bulk ESS {diag['ess_bulk_min']:.0f}, "
           f"{posterior.info.get('seconds')} s")
     print(f"held out: {held_out_label(held, axis)}, {len(held)} configurations, "
-          f"{test['seed'].nunique()} seed(s) per LR averaged\n")
+          f"{test['seed'].nunique()} seed(s) per LR averaged{dense_note}\n")
     detail = held[[*CONFIG, "lr_opt", "eta_median", "eta_lo90", "eta_hi90", "ols_lr",
                    "same_lr"]].assign(
         bayes_regret_pct=scores["bayeslr"]["regret_pct"].to_numpy(),
