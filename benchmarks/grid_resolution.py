@@ -80,7 +80,8 @@ def main() -> None:
     sizes = np.sort(reference["n_params"].unique())[:args.train_sizes]
     train = first_seed(reference[reference["n_params"].isin(sizes)])
     table = measured[CONFIG].assign(
-        dense=measured["lr_opt"], coarse=measured[CONFIG].merge(coarse, on=CONFIG)["lr_opt"],
+        dense=measured["lr_opt"],
+        coarse=measured[CONFIG].merge(coarse, on=CONFIG, how="left")["lr_opt"],
         model=model_optima(train, measured, args.seed),
         ols=fit_ols_law(optima(train), COVARIATES).predict(measured))
     divergence_loss = math.log(float(reference["vocab_size"].dropna().iloc[0]))
@@ -118,6 +119,7 @@ def print_report(table: pd.DataFrame, completed: pd.DataFrame, divergence_loss: 
           f"coarse_regret_pct={table['coarse_regret_pct'].median():.3f} "
           f"model_regret_pct={table['model_regret_pct'].median():.3f} "
           f"ols_regret_pct={table['ols_regret_pct'].median():.3f}")
+
 
 if __name__ == "__main__":
     main()
