@@ -26,7 +26,8 @@ def reference_jsonl() -> Path:
     return shipped("reference_sweep.jsonl.gz")
 
 
-def adamw_dense_jsonl() -> Path:
-    """Dense AdamW sweeps (LRs a factor 1.33 apart) at three of the reference sweep's sizes,
-    collected with collectors/plans/adamw_dense*.toml (see the README), as JSON lines."""
-    return shipped("adamw_dense_sweep.jsonl.gz")
+def dense_jsonl() -> Path:
+    """Dense sweeps (LRs a factor 1.33 apart) of the reference sweep's configurations at
+    24.9k, 55.8k and 333k parameters, all three optimizers; collected with
+    collectors/plans/*_dense*.toml (see the README), as JSON lines."""
+    return shipped("dense_sweep.jsonl.gz")

@@ -4,8 +4,8 @@ sweeps of the same configurations.
 The reference sweep steps its LRs by a factor 3.16, and the transfer benchmark reads each
 sweep's optimum as the vertex of a quadratic in ln LR through the five stable points around
 its argmin (bayeslr.baselines.sweep_optimum), a window 4.6 natural-log units wide. Dense
-sweeps (collectors/plans/adamw_dense.toml and adamw_dense_333k.toml: a factor 1.33 between
-LRs, the same models, horizons, batch sizes and seeds) measure the loss between those points.
+sweeps (collectors/plans/*_dense*.toml: a factor 1.33 between LRs, the same models, horizons,
+batch sizes and seeds) measure the loss between those points.
 For each dense configuration this prints, as LRs and as regret on the dense sweep:
 
 - the dense optimum: sweep_optimum of the dense runs, completed outside their LR range by the
@@ -20,7 +20,8 @@ For each dense configuration this prints, as LRs and as regret on the dense swee
 
     python benchmarks/grid_resolution.py [SWEEPDIR ...] [--train-sizes 3]
 
-The dense sweeps default to the shipped bayeslr/data/adamw_dense_sweep.jsonl.gz.
+The dense sweeps default to the shipped bayeslr/data/dense_sweep.jsonl.gz (all three
+optimizers at 24.9k, 55.8k and 333k).
 
 Last line: `grid: coarse_log10_bias=<x> model_log10_bias=<y> coarse_regret_pct=<a>
 model_regret_pct=<b> ols_regret_pct=<c>` (medians over the dense configurations; bias =
@@ -39,7 +40,7 @@ from transfer import CONFIG, COVARIATES, first_seed, optima, seed_noise, with_de
 
 from bayeslr.answers import predict_lr
 from bayeslr.baselines import fit_ols_law, regret
-from bayeslr.datasets import adamw_dense_jsonl, reference_jsonl
+from bayeslr.datasets import dense_jsonl, reference_jsonl
 from bayeslr.fit import as_table, fit
 from bayeslr.spec import ModelSpec
 
@@ -48,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="*",
                         help="sweep dirs or .jsonl[.gz] of dense sweeps (default: the shipped "
-                             "bayeslr/data/adamw_dense_sweep.jsonl.gz)")
+                             "bayeslr/data/dense_sweep.jsonl.gz)")
     parser.add_argument("--train-sizes", type=int, default=3,
                         help="fit the model and OLS on this many smallest sizes (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
@@ -72,7 +73,7 @@ def model_optima(train: pd.DataFrame, targets: pd.DataFrame, seed: int) -> np.nd
 def main() -> None:
     args = parse_args()
     reference = as_table(reference_jsonl())
-    paths = args.sweeps or [adamw_dense_jsonl()]
+    paths = args.sweeps or [dense_jsonl()]
     dense = pd.concat([as_table(path) for path in paths], ignore_index=True)
     completed = with_dense(reference.merge(dense[CONFIG].drop_duplicates(), on=CONFIG), dense)
     measured = optima(completed)
@@ -102,11 +103,13 @@ def score(table: pd.DataFrame, measured: pd.DataFrame, divergence_loss: float) -
 
 
 def print_report(table: pd.DataFrame, completed: pd.DataFrame, divergence_loss: float) -> None:
-    """Per configuration, medians by size, the seed noise floor, and the last line."""
+    """Per configuration, medians by optimizer and size, the seed noise floor, and the last
+    line."""
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print("\nmedians by size (log10 LR / dense optimum; regret % on the dense sweep):")
+    print("\nmedians by optimizer and size (log10 LR / dense optimum; regret % on the dense "
+          "sweep):")
     columns = [f"{n}_{k}" for k in ("log10", "regret_pct") for n in ("coarse", "model", "ols")]
-    print(table.groupby("n_params")[columns].median().to_string(
+    print(table.groupby(["optimizer", "n_params"])[columns].median().to_string(
         float_format=lambda v: f"{v:+.3f}"))
     noise = seed_noise({seed: optima(runs) for seed, runs in completed.groupby("seed")},
                        divergence_loss)

@@ -16,8 +16,8 @@ Each prediction is scored against that configuration's measured sweep:
 
 It also counts the predictions that fall between a sweep's last stable and first diverged LR
 (unmeasured; read as the last stable loss) and the sweeps whose best LR is the grid's lowest.
-With `--dense`, the held-out AdamW sweeps that the shipped dense sweeps resample (LRs a
-factor 1.33 apart at 24.9k, 55.8k and 333k; bayeslr/data/adamw_dense_sweep.jsonl.gz) are
+With `--dense`, the held-out sweeps that the shipped dense sweeps resample (LRs a factor 1.33
+apart, every optimizer at 24.9k, 55.8k and 333k; bayeslr/data/dense_sweep.jsonl.gz) are
 scored against those, completed outside their LR range by the coarse runs.
 
 The fit sees one seed (the first, or `--train-seed`) of the training sizes, as a user's small
@@ -61,7 +61,7 @@ import pandas as pd
 
 from bayeslr.answers import predict_lr
 from bayeslr.baselines import SweepOptimum, fit_ols_law, regret, sweep_optimum
-from bayeslr.datasets import adamw_dense_jsonl, reference_jsonl
+from bayeslr.datasets import dense_jsonl, reference_jsonl
 from bayeslr.decisions import recommend
 from bayeslr.errors import ModelError
 from bayeslr.fit import as_table, fit
@@ -97,7 +97,7 @@ def parse_args() -> argparse.Namespace:
                         help="the law's quadratic and interaction terms in log N and log D "
                              "(ModelSpec.curvature; default on)")
     parser.add_argument("--dense", action="store_true",
-                        help="score the held-out sweeps that the shipped dense AdamW sweeps "
+                        help="score the held-out sweeps that the shipped dense sweeps "
                              "resample (24.9k, 55.8k, 333k) against those")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
@@ -195,9 +195,9 @@ def with_dense(test: pd.DataFrame, dense: pd.DataFrame) -> pd.DataFrame:
 
 
 def dense_scoring(test: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """`test` with the shipped dense AdamW sweeps in (`with_dense`), and a note of how many
+    """`test` with the shipped dense sweeps in (`with_dense`), and a note of how many
     held-out configurations they resample."""
-    dense = as_table(adamw_dense_jsonl())
+    dense = as_table(dense_jsonl())
     keys = dense[CONFIG].drop_duplicates().merge(test[CONFIG].drop_duplicates(), on=CONFIG)
     return with_dense(test, dense), f"; {len(keys)} of them scored against dense sweeps"
 

@@ -9,7 +9,7 @@ import pytest
 
 import collectors
 from bayeslr.cli import main
-from bayeslr.datasets import adamw_dense_jsonl
+from bayeslr.datasets import dense_jsonl
 from bayeslr.errors import PlanError
 from bayeslr.fit import as_table
 from collectors.optim import Schedule
@@ -178,8 +178,9 @@ def test_shipped_plans_load_with_unique_runs(name):
 
 
 def test_shipped_dense_sweep_is_exactly_its_plans_runs():
-    planned = {spec.run_id for name in ("adamw_dense.toml", "adamw_dense_333k.toml")
-               for spec in load_plan(SHIPPED_PLANS / name).specs}
-    runs = as_table(adamw_dense_jsonl())
-    assert len(planned) == 468
+    plans = ("adamw_dense.toml", "adamw_dense_333k.toml", "sgd_rmsprop_dense.toml",
+             "sgd_rmsprop_dense_333k.toml")
+    planned = {spec.run_id for name in plans for spec in load_plan(SHIPPED_PLANS / name).specs}
+    runs = as_table(dense_jsonl())
+    assert len(planned) == 1500
     assert set(runs["run_id"]) == planned and runs["run_id"].is_unique
