@@ -211,6 +211,17 @@ def score(held: pd.DataFrame, predicted: np.ndarray, divergence_loss: float) -> 
                          "regret_nats": nats, "regret_pct": 100 * nats / held["loss_opt"]})
 
 
+def print_by_optimizer(held: pd.DataFrame, scores: dict[str, pd.DataFrame],
+                       covered: pd.Series) -> None:
+    """Median regret (%) of each method and the intervals' coverage, per optimizer."""
+    table = pd.DataFrame({name: s["regret_pct"].to_numpy() for name, s in scores.items()})
+    table = table.assign(optimizer=held["optimizer"].to_numpy(), covered90=covered.to_numpy())
+    summary = table.groupby("optimizer").agg(
+        **{f"{name} %": (name, "median") for name in scores},
+        covered90=("covered90", "sum"), n=("covered90", "size"))
+    print("median regret by optimizer:\n" + summary.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
 def unmeasured(opt: SweepOptimum, lr: float) -> bool:
     """Whether `lr` lies between the sweep's last stable LR and its first diverged one, where
     nothing was measured and `regret` reads the last stable loss (an optimistic reading)."""
@@ -397,6 +408,7 @@ def main() -> None:
               f"{s['regret_pct'].median():>16.3f} {s['regret_pct'].mean():>14.3f}")
     print(f"\n90% interval covers the measured optimum in {covered.sum()} of {len(held)} "
           f"configurations")
+    print_by_optimizer(held, scores, covered)
     print_reading_caveats(held, scores)
     per_seed = {seed: optima(runs) for seed, runs in test.groupby("seed")}
     print_first_seed(per_seed[min(per_seed)], held, divergence_loss)
