@@ -18,7 +18,11 @@ For each dense configuration this prints, as LRs and as regret on the dense swee
 - the OLS power law on the training sizes' grid argmins (transfer.py's baseline);
 - the seed noise floor: a seed's own dense optimum on the other seed's dense sweep.
 
-    python benchmarks/grid_resolution.py [SWEEPDIR ...] [--train-sizes 3]
+    python benchmarks/grid_resolution.py [SWEEPDIR ...] [--train-sizes 3] [--plot FILE.png]
+
+`--plot` draws, for each optimizer and dense size, one configuration (the longest horizon,
+the largest batch): the seed-mean loss of the dense and the coarse runs against the LR, with
+the four readings of its optimum.
 
 The dense sweeps default to the shipped bayeslr/data/dense_sweep.jsonl.gz (all three
 optimizers at 24.9k, 55.8k and 333k).
@@ -53,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-sizes", type=int, default=3,
                         help="fit the model and OLS on this many smallest sizes (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    parser.add_argument("--plot", help="write the per-optimizer and size figure (PNG)")
     return parser.parse_args()
 
 
@@ -90,6 +95,8 @@ def main() -> None:
     print(f"dense configurations: {len(table)}; model and OLS fitted on sizes "
           f"{[f'{s:.3g}' for s in sizes]} (seed 0)\n")
     print_report(table, completed, divergence_loss)
+    if args.plot:
+        plot(table, completed, reference, args.plot)
 
 
 def score(table: pd.DataFrame, measured: pd.DataFrame, divergence_loss: float) -> None:
@@ -122,6 +129,57 @@ def print_report(table: pd.DataFrame, completed: pd.DataFrame, divergence_loss: 
           f"coarse_regret_pct={table['coarse_regret_pct'].median():.3f} "
           f"model_regret_pct={table['model_regret_pct'].median():.3f} "
           f"ols_regret_pct={table['ols_regret_pct'].median():.3f}")
+
+
+def seed_mean_curve(runs: pd.DataFrame) -> pd.DataFrame:
+    """Loss per LR averaged over seeds (NaN where any seed diverged), sorted by LR."""
+    curve = runs.groupby("lr").agg(loss=("loss", "mean"), diverged=("diverged", "any"))
+    return curve.assign(loss=curve["loss"].where(~curve["diverged"])).reset_index()
+
+
+def plot(table: pd.DataFrame, completed: pd.DataFrame, reference: pd.DataFrame,
+         path: str) -> None:
+    """One panel per optimizer (rows) and dense size (columns), for the configuration with the
+    longest horizon and the largest batch: dense and coarse seed-mean losses vs LR and the
+    dense, coarse, bayeslr and OLS optima."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = table.sort_values(["batch_size", "tokens"]).groupby(
+        ["optimizer", "n_params"]).tail(1).sort_values(["optimizer", "n_params"])
+    optimizers, sizes = sorted(shown["optimizer"].unique()), sorted(shown["n_params"].unique())
+    fig, axes = plt.subplots(len(optimizers), len(sizes), squeeze=False,
+                             figsize=(3.6 * len(sizes), 2.8 * len(optimizers)))
+    readings = {"dense": ("k", "-"), "coarse": ("C3", "--"), "model": ("C0", "-"),
+                "ols": ("C1", ":")}
+    for row in shown.itertuples(index=False):
+        ax = axes[optimizers.index(row.optimizer), sizes.index(row.n_params)]
+        key = dict(zip(CONFIG, (row.n_params, row.optimizer, row.tokens, row.batch_size),
+                       strict=True))
+        dense, coarse = (seed_mean_curve(runs.loc[(runs[CONFIG] == pd.Series(key)).all(axis=1)])
+                         for runs in (completed, reference))
+        ax.plot(dense["lr"], dense["loss"], ".-", color="0.5", ms=4, label="dense, seed mean")
+        ax.plot(coarse["lr"], coarse["loss"], "s", mfc="none", color="C3", label="coarse grid")
+        for name, (color, style) in readings.items():
+            ax.axvline(getattr(row, name), color=color, ls=style, lw=1.2,
+                       label=f"{name} optimum" if name != "model" else "bayeslr")
+        stable = dense["loss"].dropna()
+        ax.set_ylim(stable.min() - 0.02, stable.min() + 0.6)
+        ax.set_xscale("log")
+        ax.set_title(f"{row.optimizer}, N={row.n_params:.3g}, D={row.tokens:.2g}, "
+                     f"B={row.batch_size:g}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("learning rate", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("val loss (nats/token)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
