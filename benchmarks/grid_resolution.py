@@ -21,8 +21,8 @@ For each dense configuration this prints, as LRs and as regret on the dense swee
     python benchmarks/grid_resolution.py [SWEEPDIR ...] [--train-sizes 3] [--plot FILE.png]
 
 `--plot` draws, for each optimizer and dense size, one configuration (the longest horizon,
-the largest batch): the seed-mean loss of the dense and the coarse runs against the LR, with
-the four readings of its optimum.
+the largest batch): the stable points the dense and the coarse readings are taken from
+(seed-mean loss against the LR), with the four readings of its optimum.
 
 The dense sweeps default to the shipped bayeslr/data/dense_sweep.jsonl.gz (all three
 optimizers at 24.9k, 55.8k and 333k).
@@ -82,12 +82,13 @@ def main() -> None:
     dense = pd.concat([as_table(path) for path in paths], ignore_index=True)
     completed = with_dense(reference.merge(dense[CONFIG].drop_duplicates(), on=CONFIG), dense)
     measured = optima(completed)
-    coarse = optima(reference.merge(measured[CONFIG], on=CONFIG))
+    coarse = measured[CONFIG].merge(optima(reference.merge(measured[CONFIG], on=CONFIG)),
+                                    on=CONFIG, how="left")
     sizes = np.sort(reference["n_params"].unique())[:args.train_sizes]
     train = first_seed(reference[reference["n_params"].isin(sizes)])
     table = measured[CONFIG].assign(
         dense=measured["lr_opt"],
-        coarse=measured[CONFIG].merge(coarse, on=CONFIG, how="left")["lr_opt"],
+        coarse=coarse["lr_opt"],
         model=model_optima(train, measured, args.seed),
         ols=fit_ols_law(optima(train), COVARIATES).predict(measured))
     divergence_loss = math.log(float(reference["vocab_size"].dropna().iloc[0]))
@@ -96,7 +97,7 @@ def main() -> None:
           f"{[f'{s:.3g}' for s in sizes]} (seed 0)\n")
     print_report(table, completed, divergence_loss)
     if args.plot:
-        plot(table, completed, reference, args.plot)
+        plot(table, measured["opt"], coarse["opt"], args.plot)
 
 
 def score(table: pd.DataFrame, measured: pd.DataFrame, divergence_loss: float) -> None:
@@ -131,17 +132,11 @@ def print_report(table: pd.DataFrame, completed: pd.DataFrame, divergence_loss: 
           f"ols_regret_pct={table['ols_regret_pct'].median():.3f}")
 
 
-def seed_mean_curve(runs: pd.DataFrame) -> pd.DataFrame:
-    """Loss per LR averaged over seeds (NaN where any seed diverged), sorted by LR."""
-    curve = runs.groupby("lr").agg(loss=("loss", "mean"), diverged=("diverged", "any"))
-    return curve.assign(loss=curve["loss"].where(~curve["diverged"])).reset_index()
-
-
-def plot(table: pd.DataFrame, completed: pd.DataFrame, reference: pd.DataFrame,
-         path: str) -> None:
+def plot(table: pd.DataFrame, dense: pd.Series, coarse: pd.Series, path: str) -> None:
     """One panel per optimizer (rows) and dense size (columns), for the configuration with the
-    longest horizon and the largest batch: dense and coarse seed-mean losses vs LR and the
-    dense, coarse, bayeslr and OLS optima."""
+    longest horizon and the largest batch: the stable points of its dense and coarse sweeps
+    (`dense`, `coarse`: SweepOptimum per row of `table`) and the dense, coarse, bayeslr and
+    OLS optima."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,19 +149,17 @@ def plot(table: pd.DataFrame, completed: pd.DataFrame, reference: pd.DataFrame,
                              figsize=(3.6 * len(sizes), 2.8 * len(optimizers)))
     readings = {"dense": ("k", "-"), "coarse": ("C3", "--"), "model": ("C0", "-"),
                 "ols": ("C1", ":")}
-    for row in shown.itertuples(index=False):
+    for row in shown.itertuples():
         ax = axes[optimizers.index(row.optimizer), sizes.index(row.n_params)]
-        key = dict(zip(CONFIG, (row.n_params, row.optimizer, row.tokens, row.batch_size),
-                       strict=True))
-        dense, coarse = (seed_mean_curve(runs.loc[(runs[CONFIG] == pd.Series(key)).all(axis=1)])
-                         for runs in (completed, reference))
-        ax.plot(dense["lr"], dense["loss"], ".-", color="0.5", ms=4, label="dense, seed mean")
-        ax.plot(coarse["lr"], coarse["loss"], "s", mfc="none", color="C3", label="coarse grid")
+        fine, grid = dense[row.Index], coarse[row.Index]
+        ax.plot(np.exp(fine.log_lr), fine.loss, ".-", color="0.5", ms=4,
+                label="dense, seed mean")
+        ax.plot(np.exp(grid.log_lr), grid.loss, "s", mfc="none", color="C3",
+                label="coarse grid")
         for name, (color, style) in readings.items():
             ax.axvline(getattr(row, name), color=color, ls=style, lw=1.2,
                        label=f"{name} optimum" if name != "model" else "bayeslr")
-        stable = dense["loss"].dropna()
-        ax.set_ylim(stable.min() - 0.02, stable.min() + 0.6)
+        ax.set_ylim(fine.loss.min() - 0.02, fine.loss.min() + 0.6)
         ax.set_xscale("log")
         ax.set_title(f"{row.optimizer}, N={row.n_params:.3g}, D={row.tokens:.2g}, "
                      f"B={row.batch_size:g}", fontsize=8)
