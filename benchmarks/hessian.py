@@ -3,13 +3,16 @@
 1. One Hessian-vector product over one gradient on the default small GPT
    (collectors.model.GPT with its default GPTConfig: d_model 64, 2 layers, 4 heads, context
    128, byte vocabulary; batch 16 x 128 tokens), for each product method. The gradient is
-   an ordinary one (fused attention kernel). The headline is a standalone product of the
-   default method ('double_backward', with the second-order rules of
-   collectors.second_order): building the operator at the point (forward + backward with a
-   graph) plus one product, from scratch each time. Building it once and reusing it makes
-   each further product (what power iteration, Lanczos and Hutchinson pay per product)
-   cheaper; that is reported too, per method, and the standalone product of
-   'double_backward_autograd' (autograd's rules for every layer) next to the headline.
+   an ordinary one (fused attention kernel). Standalone products start from scratch each
+   time: the default method ('double_backward', with the second-order rules of
+   collectors.second_order) builds the operator at the point (forward + backward with a
+   graph) and makes one product; 'double_backward_autograd' does the same with autograd's
+   rules for every layer. Building once and reusing the operator makes each further
+   product (what power iteration, Lanczos and Hutchinson pay per product) cheaper; that is
+   reported per method too. The headline is the standalone product of method 'compiled'
+   (forward-over-reverse traced whole by torch.compile) over a gradient compiled the same
+   way (torch.func.grad through torch.compile, fused attention): like against like. Its
+   first call, which compiles, is timed and reported apart.
 2. The sharpness callback's cost as a fraction of training time at its default
    every_n_steps: two real Lightning fits of the same GPT on the bundled text (AdamW, default
    settings), without and with the callback (repeated --reps times, interleaved). The
@@ -87,9 +90,37 @@ def hvp_costs(*, reps: int, device: str) -> dict[str, float]:
         owner = copy.deepcopy(model) if method == "finite_difference" else model
         op = hessian_operator(owner, next_token_loss, batch, method=method)
         fns[method] = lambda op=op: op(v)
+    first_compile = _first_call_seconds(fns["compiled"], device=device)
+    fns["grad_compiled"] = compiled_gradient(model, batch)
+    first_compile_grad = _first_call_seconds(fns["grad_compiled"], device=device)
     best = _interleaved_min(fns, rounds=10 * reps, device=device)
     return ({key: value / best["grad"] for key, value in best.items()}
-            | {"grad_s": best["grad"], "n_params": len(v)})
+            | {"grad_s": best["grad"], "n_params": len(v), "compile_s": first_compile,
+               "compile_grad_s": first_compile_grad,
+               "compiled_over_compiled_grad": best["compiled"] / best["grad_compiled"]})
+
+
+def compiled_gradient(model: torch.nn.Module, batch: tuple) -> Callable[[], object]:
+    """The gradient of the next-token loss as torch.func.grad through torch.compile (the
+    like-for-like reference of method 'compiled')."""
+    from collectors.sharpness import next_token_loss
+
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss_of(values: dict) -> torch.Tensor:
+        return next_token_loss(lambda x: torch.func.functional_call(model, values, (x,)), batch)
+
+    step = torch.compile(torch.func.grad(loss_of), fullgraph=True)
+    return lambda: step(params)
+
+
+def _first_call_seconds(fn: Callable[[], object], *, device: str) -> float:
+    """Wall seconds of the first call (for compiled functions: tracing and compiling)."""
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def fit_seconds(*, steps: int, callback: object | None, device: str) -> tuple[float, object]:
@@ -198,15 +229,20 @@ def main() -> None:
     print(f"gradient (fused SDPA): {costs['grad_s'] * 1e3:.1f} ms on the default GPT "
           f"({costs['n_params']:,} params, batch 16x128, {where}); times in gradients:")
     labels = {"grad_math_sdpa": "gradient, math SDPA kernel",
+              "grad_compiled": "gradient, torch.compile",
               "build": "build operator (grad with graph)",
               "build+hvp": "standalone HVP (build + 1 product)",
               "double_backward": "each further product, reused op",
               "autograd build+hvp": "double_backward_autograd standalone",
               "double_backward_autograd": "double_backward_autograd product",
               "forward_over_reverse": "forward_over_reverse product",
+              "compiled": "compiled product (standalone)",
               "finite_difference": "finite_difference product"}
     for key, label in labels.items():
         print(f"  {label:>36}: {costs[key]:.2f}")
+    print(f"compiled product over compiled gradient: {costs['compiled_over_compiled_grad']:.2f} "
+          f"(first calls, which compile: product {costs['compile_s']:.1f} s, gradient "
+          f"{costs['compile_grad_s']:.1f} s)")
     over = callback_overhead(steps=args.steps, reps=args.reps, device=args.device)
     print(f"fit {args.steps} steps: {over['plain_s']:.1f} s without, {over['with_s']:.1f} s "
           f"with SharpnessCallback(every_n_steps={over['every_n_steps']}) "
@@ -222,7 +258,7 @@ def main() -> None:
     print(f"tiny GPT ({top['n_params']} params) top-5 "
           f"{[round(x, 4) for x in top['top5']]}: rel. error power {top['power']:.1e}, "
           f"Lanczos(40) {top['lanczos']:.1e}")
-    print(f"hessian: hvp_over_grad={costs['build+hvp']:.2f} "
+    print(f"hessian: hvp_over_grad={costs['compiled_over_compiled_grad']:.2f} "
           f"callback_overhead={over['inside_share']:.3f} "
           f"top5_rel_err={max(top['power'], top['lanczos']):.1e}")
 

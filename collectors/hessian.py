@@ -2,7 +2,7 @@
 
 `hessian_operator(model, loss_fn, batch)` returns a symmetric operator v -> H v over the
 flat vector of the trainable parameters without ever forming H (n x n), computed one of
-four ways:
+five ways:
 
 - 'double_backward' (default): g = dL/dtheta with a graph, then H v = d(g . v)/dtheta
   (Pearlmutter 1994). The gradient graph is built once per operator and reused by every
@@ -15,16 +15,21 @@ four ways:
   in the math kernel (same results to rounding, slower).
 - 'forward_over_reverse': H v = jvp(grad L)(theta; v) with torch.func over a deep copy of the
   model (same results; no graph kept between products).
+- 'compiled': the same product traced whole by torch.compile (inductor), which fuses the
+  elementwise work around the matrix products; the first product compiles (tens of seconds on
+  a CPU, cached on disk by torch), later products of any operator with the same model
+  structure, loss and shapes reuse the compiled code. Needs a working torch.compile (a C++
+  compiler on CPU, triton on GPU).
 - 'finite_difference': H v ~ (g(theta + h v) - g(theta - h v)) / 2h with the parameters
   perturbed in place and restored exactly; needs only first derivatives (works under
   sharding or kernels without a double backward). Error O(h^2) + O(machine eps / h).
 
 Attention calls the second-order rules do not cover, and all attention under
-'double_backward_autograd' and 'forward_over_reverse', run in the math SDPA kernel (fused
-kernels have no double backward, nor forward-mode AD on CPU); the finite difference keeps the
-fast kernels. The model is switched to eval mode (no dropout) while the loss is evaluated and
-restored afterwards. The spectral routines live in `collectors.spectrum` and are re-exported
-here.
+'double_backward_autograd', 'forward_over_reverse' and 'compiled', run in the math SDPA
+kernel (fused kernels have no double backward, nor forward-mode AD on CPU); the finite
+difference keeps the fast kernels. The model is switched to eval mode (no dropout) while
+the loss is evaluated and restored afterwards. The spectral routines live in
+`collectors.spectrum` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ from collectors.spectrum import (
 LossFn = Callable[[nn.Module, Any], Tensor]
 """loss_fn(model, batch) -> scalar loss tensor."""
 
-METHODS = ("double_backward", "double_backward_autograd", "forward_over_reverse",
+METHODS = ("double_backward", "double_backward_autograd", "forward_over_reverse", "compiled",
            "finite_difference")
 
 __all__ = [
@@ -176,8 +181,9 @@ def hessian_operator(model: nn.Module, loss_fn: LossFn, batch: Any, *,
     if method in ("double_backward", "double_backward_autograd"):
         rules = method == "double_backward"
         matvec, loss = _double_backward(model, loss_fn, batch, tensors, rules=rules)
-    elif method == "forward_over_reverse":
-        matvec, loss = _forward_over_reverse(model, loss_fn, batch, named)
+    elif method in ("forward_over_reverse", "compiled"):
+        matvec, loss = _forward_over_reverse(model, loss_fn, batch, named,
+                                             compiled=method == "compiled")
     else:
         step = fd_step if fd_step is not None else _default_fd_step(tensors[0].dtype)
         matvec, loss = _finite_difference(model, loss_fn, batch, tensors, step)
@@ -286,23 +292,55 @@ def _skeleton(model: nn.Module) -> nn.Module:
                            f"forward_over_reverse ({err}); use method='double_backward'") from err
 
 
-def _forward_over_reverse(model: nn.Module, loss_fn: LossFn, batch: Any,
-                          named: Sequence[tuple[str, Tensor]]) -> tuple[MatVec, float]:
-    value = _checked_forward(model, loss_fn, batch)
-    objective = _Objective(_skeleton(model), loss_fn).eval()
-    primals = {f"model.{n}": p.detach() for n, p in named}
-    shapes = [p.shape for _, p in named]
+def _hvp_at(objective: nn.Module, buffers: dict[str, Tensor], primals: dict[str, Tensor],
+            tangents: dict[str, Tensor], batch: Any) -> dict[str, Tensor]:
+    """H v by forward-mode differentiation of torch.func.grad at `primals` along `tangents`,
+    with the objective's buffers at `buffers` (the function that method 'compiled' hands to
+    torch.compile)."""
 
     def loss_of(params: dict[str, Tensor]) -> Tensor:
-        return torch.func.functional_call(objective, params, (batch,))
+        return torch.func.functional_call(objective, {**buffers, **params}, (batch,))
 
-    gradient = torch.func.grad(loss_of)
+    return torch.func.jvp(torch.func.grad(loss_of), (primals,), (tangents,))[1]
+
+
+def _compiled_hvp(objective: nn.Module, buffers: dict[str, Tensor],
+                  primals: dict[str, Tensor], tangents: dict[str, Tensor],
+                  batch: Any) -> dict[str, Tensor]:
+    """`_hvp_at` through torch.compile (one graph, no fallback to eager), with compiler
+    failures turned into a HessianError that names the alternative."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import InductorError
+
+    try:
+        return torch.compile(_hvp_at, fullgraph=True)(objective, buffers, primals, tangents,
+                                                      batch)
+    except (TorchDynamoException, InductorError) as err:
+        raise HessianError(f"method='compiled': torch.compile could not compile the "
+                           f"Hessian-vector product of {type(objective.model).__name__} "
+                           f"({type(err).__name__}: {str(err).splitlines()[0]}); use "
+                           "method='double_backward'") from err
+
+
+def _forward_over_reverse(model: nn.Module, loss_fn: LossFn, batch: Any,
+                          named: Sequence[tuple[str, Tensor]], *,
+                          compiled: bool) -> tuple[MatVec, float]:
+    """Every parameter of the model is a primal (tangent zero outside `named`): holding some
+    fixed instead trips torch.compile's fake-tensor tracing of layer norm (torch 2.14)."""
+    value = _checked_forward(model, loss_fn, batch)
+    objective = _Objective(_skeleton(model), loss_fn).eval()
+    primals = {name: p.detach() for name, p in objective.named_parameters()}
+    buffers = {name: b.detach() for name, b in objective.named_buffers()}
+    wanted = [f"model.{n}" for n, _ in named]
+    shapes = [primals[k].shape for k in wanted]
+    product = _compiled_hvp if compiled else _hvp_at
 
     def matvec(v: Tensor) -> Tensor:
-        tangents = dict(zip(primals, unflatten(v, shapes), strict=True))
+        tangents = {k: torch.zeros_like(p) for k, p in primals.items()}
+        tangents.update(zip(wanted, unflatten(v, shapes), strict=True))
         with math_attention():
-            _, hv = torch.func.jvp(gradient, (primals,), (tangents,))
-        return flatten([hv[k] for k in primals])
+            hv = product(objective, buffers, primals, tangents, batch)
+        return flatten([hv[k] for k in wanted])
 
     return matvec, value
 

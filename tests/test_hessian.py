@@ -75,6 +75,45 @@ def test_hvp_methods_agree_in_float32_and_leave_the_model_unchanged():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_compiled_products_follow_the_parameters_and_new_vectors():
+    """The compiled product takes the parameters as inputs: after optimizer steps a new
+    operator (reusing the compiled code) gives the product at the new point, not the old."""
+    torch.manual_seed(2)
+    model, batch = TinyGPT().double(), token_batch(batch=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    dim = sum(p.numel() for p in model.parameters())
+    products = []
+    for _ in range(2):
+        compiled = hessian_operator(model, lm_loss, batch, method="compiled")
+        exact = hessian_operator(model, lm_loss, batch)
+        for seed in range(2):
+            v = random_vector(dim, seed=seed, dtype=torch.float64)
+            hv = compiled(v)
+            assert _rel_norm(hv, exact(v)) < 1e-12
+            products.append(hv)
+        for _ in range(3):
+            optimizer.zero_grad()
+            lm_loss(model, batch).backward()
+            optimizer.step()
+    assert _rel_norm(products[0], products[2]) > 1e-3  # the point moved, and so did H v
+
+
+def test_compiled_refuses_a_loss_it_cannot_trace_with_a_clear_error():
+    model, batch = TinyGPT(), token_batch(batch=4)
+
+    def loss_with_python_branch(module, b):
+        loss = lm_loss(module, b)
+        return loss * 2 if loss.item() > 0 else loss  # data-dependent Python control flow
+
+    op = hessian_operator(model, loss_with_python_branch, batch, method="compiled")
+    with pytest.raises(HessianError, match="method='compiled'.*use method='double_backward'"):
+        op(random_vector(op.dim, seed=0))
+
+
+def _rel_norm(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
 def test_finite_difference_error_is_measured_and_shrinks_like_h_squared(trained):
     """Central differences: error ~ C h^2 until round-off; the default step is accurate."""
     model, batch, _, hessian, _ = trained
