@@ -18,7 +18,10 @@ It also counts the predictions that fall between a sweep's last stable and first
 (unmeasured; read as the last stable loss) and the sweeps whose best LR is the grid's lowest.
 With `--dense`, the held-out sweeps that the shipped dense sweeps resample (LRs a factor 1.33
 apart, every optimizer at 24.9k, 55.8k and 333k; bayeslr/data/dense_sweep.jsonl.gz) are
-scored against those, completed outside their LR range by the coarse runs.
+scored against those, completed outside their LR range by the coarse runs. With
+`--dense-fit`, the training sweeps that the dense sweeps resample (24.9k, 55.8k) are fitted
+with their dense runs in, the same way: what the coarse grid of the small sweeps costs the
+prediction.
 
 The fit sees one seed (the first, or `--train-seed`) of the training sizes, as a user's small
 sweeps would. The held-out sweeps are read with all their seeds: losses at one LR are
@@ -43,6 +46,7 @@ in GPU-hours and energy for a user-given target, with the assumptions printed.
     python benchmarks/transfer.py [--sweep FILE|DIR] [--hold-out size|horizon]
                                   [--train-sizes 3] [--held-size K] [--train-seed S|all]
                                   [--lr-kind lr|effective] [--no-curvature] [--dense]
+                                  [--dense-fit]
                                   [--plot FILE.png]
 
 Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_ratio=<r>`
@@ -99,6 +103,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dense", action="store_true",
                         help="score the held-out sweeps that the shipped dense sweeps "
                              "resample (24.9k, 55.8k, 333k) against those")
+    parser.add_argument("--dense-fit", action="store_true",
+                        help="fit the training sweeps that the shipped dense sweeps resample "
+                             "(24.9k, 55.8k) with their dense runs in")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -194,12 +201,13 @@ def with_dense(test: pd.DataFrame, dense: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([test[~inside], resampled], ignore_index=True)
 
 
-def dense_scoring(test: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """`test` with the shipped dense sweeps in (`with_dense`), and a note of how many
-    held-out configurations they resample."""
+def dense_resampled(runs: pd.DataFrame, what: str) -> tuple[pd.DataFrame, str]:
+    """`runs` with the shipped dense sweeps of its seeds in (`with_dense`), and a note of how
+    many of its configurations they resample (`what` says what was done with them)."""
     dense = as_table(dense_jsonl())
-    keys = dense[CONFIG].drop_duplicates().merge(test[CONFIG].drop_duplicates(), on=CONFIG)
-    return with_dense(test, dense), f"; {len(keys)} of them scored against dense sweeps"
+    dense = dense[dense["seed"].isin(runs["seed"].unique())]
+    keys = dense[CONFIG].drop_duplicates().merge(runs[CONFIG].drop_duplicates(), on=CONFIG)
+    return with_dense(runs, dense), f"; {len(keys)} of them {what} dense sweeps"
 
 
 def score(held: pd.DataFrame, predicted: np.ndarray, divergence_loss: float) -> pd.DataFrame:
@@ -213,11 +221,14 @@ def score(held: pd.DataFrame, predicted: np.ndarray, divergence_loss: float) -> 
 
 def print_by_optimizer(held: pd.DataFrame, scores: dict[str, pd.DataFrame],
                        covered: pd.Series) -> None:
-    """Median regret (%) of each method and the intervals' coverage, per optimizer."""
+    """Median regret (%) of each method, the median signed log10 error of bayeslr's median
+    (decades above the measured optimum) and the intervals' coverage, per optimizer."""
     table = pd.DataFrame({name: s["regret_pct"].to_numpy() for name, s in scores.items()})
-    table = table.assign(optimizer=held["optimizer"].to_numpy(), covered90=covered.to_numpy())
+    table = table.assign(optimizer=held["optimizer"].to_numpy(), covered90=covered.to_numpy(),
+                         offset=np.log10(held["eta_median"] / held["lr_opt"]).to_numpy())
     summary = table.groupby("optimizer").agg(
         **{f"{name} %": (name, "median") for name in scores},
+        bayeslr_log10_offset=("offset", "median"),
         covered90=("covered90", "sum"), n=("covered90", "size"))
     print("median regret by optimizer:\n" + summary.to_string(float_format=lambda v: f"{v:.3f}"))
 
@@ -360,6 +371,7 @@ def main() -> None:
     axis = AXIS[args.hold_out]
     train, test = split(table, args.hold_out, args.train_sizes, args.held_size,
                         args.train_seed)
+    train, fit_note = dense_resampled(train, "fitted with") if args.dense_fit else (train, "")
     divergence_loss = math.log(float(table["vocab_size"].dropna().iloc[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -370,7 +382,7 @@ def main() -> None:
     diag = posterior.diagnostics()
     n_lrs = int(train.groupby(CONFIG)["lr"].nunique().median())
     ratio = compute_ratio(train, test, n_lrs)
-    test, dense_note = dense_scoring(test) if args.dense else (test, "")
+    test, dense_note = dense_resampled(test, "scored against") if args.dense else (test, "")
     held = optima(test)
     train_optima = optima(train)
     with warnings.catch_warnings():
@@ -392,7 +404,7 @@ def main() -> None:
     print(f"fit: {len(train)} runs, sizes {[f'{s:.3g}' for s in sizes]}, horizons "
           f"{[f'{d:.3g}' for d in horizons]}; max R-hat "
           f"{diag['rhat_max']:.3f}, min bulk ESS {diag['ess_bulk_min']:.0f}, "
-          f"{posterior.info.get('seconds')} s")
+          f"{posterior.info.get('seconds')} s{fit_note}")
     print(f"held out: {held_out_label(held, axis)}, {len(held)} configurations, "
           f"{test['seed'].nunique()} seed(s) per LR averaged{dense_note}\n")
     detail = held[[*CONFIG, "lr_opt", "eta_median", "eta_lo90", "eta_hi90", "ols_lr",
