@@ -201,10 +201,10 @@ def with_dense(test: pd.DataFrame, dense: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([test[~inside], resampled], ignore_index=True)
 
 
-def dense_resampled(runs: pd.DataFrame, what: str) -> tuple[pd.DataFrame, str]:
-    """`runs` with the shipped dense sweeps of its seeds in (`with_dense`), and a note of how
-    many of its configurations they resample (`what` says what was done with them)."""
-    dense = as_table(dense_jsonl())
+def dense_resampled(runs: pd.DataFrame, dense: pd.DataFrame,
+                    what: str) -> tuple[pd.DataFrame, str]:
+    """`runs` with the `dense` runs of its seeds in (`with_dense`), and a note of how many of
+    its configurations they resample (`what` says what was done with them)."""
     dense = dense[dense["seed"].isin(runs["seed"].unique())]
     keys = dense[CONFIG].drop_duplicates().merge(runs[CONFIG].drop_duplicates(), on=CONFIG)
     return with_dense(runs, dense), f"; {len(keys)} of them {what} dense sweeps"
@@ -371,7 +371,9 @@ def main() -> None:
     axis = AXIS[args.hold_out]
     train, test = split(table, args.hold_out, args.train_sizes, args.held_size,
                         args.train_seed)
-    train, fit_note = dense_resampled(train, "fitted with") if args.dense_fit else (train, "")
+    dense = as_table(dense_jsonl()) if args.dense or args.dense_fit else None
+    train, fit_note = (dense_resampled(train, dense, "fitted with") if args.dense_fit
+                       else (train, ""))
     divergence_loss = math.log(float(table["vocab_size"].dropna().iloc[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -382,7 +384,8 @@ def main() -> None:
     diag = posterior.diagnostics()
     n_lrs = int(train.groupby(CONFIG)["lr"].nunique().median())
     ratio = compute_ratio(train, test, n_lrs)
-    test, dense_note = dense_resampled(test, "scored against") if args.dense else (test, "")
+    test, dense_note = (dense_resampled(test, dense, "scored against") if args.dense
+                        else (test, ""))
     held = optima(test)
     train_optima = optima(train)
     with warnings.catch_warnings():
