@@ -28,6 +28,6 @@ def reference_jsonl() -> Path:
 
 def dense_jsonl() -> Path:
     """Dense sweeps (LRs a factor 1.33 apart) of the reference sweep's configurations at
-    24.9k, 55.8k and 333k parameters, all three optimizers; collected with
-    collectors/plans/*_dense*.toml (see the README), as JSON lines."""
+    24.9k, 55.8k, 333k and 1.77M parameters, all three optimizers; collected with
+    collectors/plans/*dense*.toml (see the README), as JSON lines."""
     return shipped("dense_sweep.jsonl.gz")

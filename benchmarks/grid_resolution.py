@@ -4,7 +4,7 @@ sweeps of the same configurations.
 The reference sweep steps its LRs by a factor 3.16, and the transfer benchmark reads each
 sweep's optimum as the vertex of a quadratic in ln LR through the five stable points around
 its argmin (bayeslr.baselines.sweep_optimum), a window 4.6 natural-log units wide. Dense
-sweeps (collectors/plans/*_dense*.toml: a factor 1.33 between LRs, the same models, horizons,
+sweeps (collectors/plans/*dense*.toml: a factor 1.33 between LRs, the same models, horizons,
 batch sizes and seeds) measure the loss between those points.
 For each dense configuration this prints, as LRs and as regret on the dense sweep:
 
@@ -25,7 +25,7 @@ the largest batch): the stable points the dense and the coarse readings are take
 (seed-mean loss against the LR), with the four readings of its optimum.
 
 The dense sweeps default to the shipped bayeslr/data/dense_sweep.jsonl.gz (all three
-optimizers at 24.9k, 55.8k and 333k).
+optimizers at 24.9k, 55.8k, 333k and 1.77M).
 
 Last line: `grid: coarse_log10_bias=<x> model_log10_bias=<y> coarse_regret_pct=<a>
 model_regret_pct=<b> ols_regret_pct=<c>` (medians over the dense configurations; bias =
