@@ -182,5 +182,5 @@ def test_shipped_dense_sweep_is_exactly_its_plans_runs():
              "sgd_rmsprop_dense_333k.toml", "dense_1772k.toml")
     planned = {spec.run_id for name in plans for spec in load_plan(SHIPPED_PLANS / name).specs}
     runs = as_table(dense_jsonl())
-    assert len(planned) == 1710
+    assert len(planned) == 1920
     assert set(runs["run_id"]) == planned and runs["run_id"].is_unique
