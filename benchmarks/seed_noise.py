@@ -1,0 +1,69 @@
+"""Seed-to-seed loss noise of the shipped sweeps: how precisely one run measures the loss at
+one LR, the noise level the calibration benchmark's simulated sweeps are drawn around
+(bayeslr.simulate.NOISE_MEDIAN).
+
+The reference and dense sweeps train every configuration and LR with two seeds (different
+initialization and data order). For each such pair of stable runs, the sample sd of the two
+final validation losses is |difference| / sqrt(2); for normal noise its median over pairs is
+0.674 sigma, so sigma is estimated as that median / 0.674 (robust to the rare pair with a
+loss spike). Printed for all pairs and for the pairs near their sweep's optimum (seed-mean
+loss within --near nats of the configuration's best seed-mean loss), by optimizer and size.
+
+    python benchmarks/seed_noise.py [--near 0.1]
+
+Last line: `seed_noise: sigma_all=<x> sigma_near_optimum=<y> pairs=<n>` (nats/token, over
+both shipped sweeps).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from bayeslr.datasets import dense_jsonl, reference_jsonl
+from bayeslr.fit import as_table
+
+CONFIG = ["optimizer", "n_params", "tokens", "batch_size"]
+MEDIAN_SD_OF_TWO = 0.674
+"""Median of the sample sd of two draws from N(0, 1): |z1 - z2| / sqrt(2) is half-normal
+with scale 1, whose median is the normal's 75% quantile."""
+
+
+def seed_pairs(table: pd.DataFrame, near: float) -> pd.DataFrame:
+    """One row per configuration and LR trained stably with exactly two seeds: the sample sd
+    of the two final validation losses (nats/token) and whether the LR is near the
+    configuration's optimum (seed-mean loss within `near` nats of its best)."""
+    stable = table[~table["diverged"] & table["final_val_loss"].notna()]
+    pairs = stable.groupby([*CONFIG, "lr"])["final_val_loss"].agg(["std", "mean", "count"])
+    pairs = pairs[pairs["count"] == 2].reset_index()
+    best = pairs.groupby(CONFIG)["mean"].transform("min")
+    return pairs.assign(near_optimum=pairs["mean"] - best <= near)
+
+
+def sigma(sds: pd.Series) -> float:
+    """The noise sd (nats/token) implied by the median two-seed sample sd."""
+    return float(sds.median() / MEDIAN_SD_OF_TWO)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--near", type=float, default=0.1,
+                        help="nats above a configuration's best loss that count as near its "
+                             "optimum (default 0.1)")
+    args = parser.parse_args()
+    sweeps = {"reference": reference_jsonl(), "dense": dense_jsonl()}
+    pairs = pd.concat([seed_pairs(as_table(path), args.near).assign(sweep=name)
+                       for name, path in sweeps.items()], ignore_index=True)
+    near = pairs[pairs["near_optimum"]]
+    for name, group in (("all LRs", pairs), (f"within {args.near:g} nats of the optimum", near)):
+        table = group.groupby(["sweep", "optimizer"])["std"].agg([sigma, "size"])
+        print(f"sigma of the loss (nats/token), {name}:\n" + table.round(4).to_string())
+    by_size = near.groupby(["sweep", "n_params"])["std"].agg([sigma, "size"])
+    print("near the optimum, by model size:\n" + by_size.round(4).to_string())
+    print(f"seed_noise: sigma_all={sigma(pairs['std']):.4f} "
+          f"sigma_near_optimum={sigma(near['std']):.4f} pairs={len(pairs)}")
+
+
+if __name__ == "__main__":
+    main()
