@@ -231,9 +231,8 @@ NOISE_GROUPS = {1: ["all"], 2: ["low", "high"], 3: ["low", "middle", "high"]}
 
 def coverage_by_noise(targets: pd.DataFrame) -> pd.DataFrame:
     """Target coverage and the law's z sd in thirds of the datasets by their loss noise
-    (nats/token; halves or one group for fewer than 3 datasets). Precise loss points pin
-    each configuration's optimum, so the fit leans on the curve shape its sweeps share; in
-    the benchmark the intervals at the targets undercover most there (docs/model.md)."""
+    (nats/token; halves or one group for fewer than 3 datasets): how the calibration depends
+    on how precisely the loss points measure each sweep (docs/model.md, Loss noise)."""
     noise = targets.groupby("dataset")["noise_sd"].first()
     labels = NOISE_GROUPS[min(3, len(noise))]
     third = pd.qcut(noise.rank(method="first"), len(labels), labels=labels)
