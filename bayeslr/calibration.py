@@ -2,7 +2,7 @@
 
 One `calibration_dataset(seed)` draws a ground-truth law from the model's default priors
 (`TrueLaw.from_prior`), simulates a sweep like real ones (coarse x2 LR grids centred on a noisy
-guess, Student-t loss noise as large as the seed-to-seed noise of our own sweeps, divergences
+guess, Student-t loss noise about as large as the seed-to-seed noise of our sweeps, divergences
 above the optimum; 2 optimizers x 3 model sizes x 3 horizons x 2 batch sizes x 5 LRs = 180
 runs), fits it, and scores the posterior predictive intervals of
 ln eta* at 8 held-out targets (4x and 16x the largest model, 1x and 4x the longest horizon, a
