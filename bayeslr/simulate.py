@@ -34,7 +34,7 @@ COVARIATES = ("n_params", "tokens", "batch_size")
 NOISE_MEDIAN = 0.03
 """Median loss noise (nats/token) of TrueLaw.from_prior. The seed-to-seed sd of the final
 validation loss in the shipped reference and dense sweeps is 0.039 (0.023-0.068 by sweep,
-optimizer and size; `python benchmarks/seed_noise.py`): the simulated sweeps sit a little on
+optimizer and size; `python benchmarks/loss_noise.py`): the simulated sweeps sit a little on
 the precise side of our own."""
 
 

@@ -104,14 +104,14 @@ def main() -> None:
                         help="write each dataset's scores as CSV files into DIR (refuses to "
                              "overwrite earlier ones)")
     args = parser.parse_args()
+    if not args.noise_median > 0:
+        parser.error(f"--noise-median: expected a positive noise, got {args.noise_median}")
     if args.save:
         taken = saved_results(args.save)
         if taken:  # checked before the fits too: they take minutes
             parser.error(f"--save {args.save}: already holds {', '.join(taken)}")
     start = time.perf_counter()
     seeds = [args.seed * 1000 + i for i in range(args.datasets)]
-    if not args.noise_median > 0:
-        parser.error(f"--noise-median: expected a positive noise, got {args.noise_median}")
     results = run(seeds, draws=args.draws, workers=args.workers, quiet=args.quiet,
                   noise_median=args.noise_median)
     if args.save:

@@ -9,9 +9,9 @@ final validation losses is |difference| / sqrt(2); for normal noise its median o
 loss spike). Printed for all pairs and for the pairs near their sweep's optimum (seed-mean
 loss within --near nats of the configuration's best seed-mean loss), by optimizer and size.
 
-    python benchmarks/seed_noise.py [--near 0.1]
+    python benchmarks/loss_noise.py [--near 0.1]
 
-Last line: `seed_noise: sigma_all=<x> sigma_near_optimum=<y> pairs=<n>` (nats/token, over
+Last line: `loss_noise: sigma_all=<x> sigma_near_optimum=<y> pairs=<n>` (nats/token, over
 both shipped sweeps).
 """
 
@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 
 import pandas as pd
+from transfer import CONFIG
 
 from bayeslr.datasets import dense_jsonl, reference_jsonl
 from bayeslr.fit import as_table
 
-CONFIG = ["optimizer", "n_params", "tokens", "batch_size"]
 MEDIAN_SD_OF_TWO = 0.674
 """Median of the sample sd of two draws from N(0, 1): |z1 - z2| / sqrt(2) is half-normal
 with scale 1, whose median is the normal's 75% quantile."""
@@ -61,7 +61,7 @@ def main() -> None:
         print(f"sigma of the loss (nats/token), {name}:\n" + table.round(4).to_string())
     by_size = near.groupby(["sweep", "n_params"])["std"].agg([sigma, "size"])
     print("near the optimum, by model size:\n" + by_size.round(4).to_string())
-    print(f"seed_noise: sigma_all={sigma(pairs['std']):.4f} "
+    print(f"loss_noise: sigma_all={sigma(pairs['std']):.4f} "
           f"sigma_near_optimum={sigma(near['std']):.4f} pairs={len(pairs)}")
 
 
