@@ -14,6 +14,10 @@ the time shows where the posterior is overconfident), and the optima of the fitt
 configurations themselves.
 `summarize` pools many datasets, with bootstrap intervals that resample whole datasets (the
 targets of one dataset share its posterior, so they are not independent).
+Each target is also scored against the exact posterior given the true optima
+(bayeslr.oracle), whose coverage is nominal in expectation over the prior: on a finite set
+of datasets it shows how lucky their drawn truths are, and over many it checks the simulated
+data themselves (`oracle_scores`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import numpy as np
 import pandas as pd
 
 from bayeslr.fit import CompiledModels, fit
+from bayeslr.oracle import oracle_pit
 from bayeslr.schema import DIMS
-from bayeslr.simulate import COVARIATES, NOISE_MEDIAN, TrueLaw, simulate_sweep
+from bayeslr.simulate import COVARIATES, NOISE_MEDIAN, SimulatedSweep, TrueLaw, simulate_sweep
 
 OPTIMIZERS = ("adamw", "sgd")
 N_PARAMS = (2e5, 8e5, 3.2e6)
@@ -122,10 +127,12 @@ def _score(name: str, optimizer: str | None, draws: np.ndarray, truth: float) ->
 @dataclass(frozen=True)
 class DatasetResult:
     """One simulated dataset's scores: `targets` (one row per held-out target: the dataset's
-    loss noise noise_sd, truth, median, in50, in90, and law_z: the error of the law's
-    posterior mean there in posterior sds, residual left out), `exponents` (one row per
-    optimizer x covariate: true, mean, in90), `parameters` (see parameter_scores), `optima`
-    (see optimum_scores) and the fit's diagnostics."""
+    loss noise noise_sd, truth, median, in50, in90, law_z: the error of the law's posterior
+    mean there in posterior sds, residual left out, and oracle_in50 / oracle_in90: whether
+    the intervals of the exact posterior given the true optima cover, bayeslr.oracle),
+    `exponents` (one row per optimizer x covariate: true, mean, in90), `parameters` (see
+    parameter_scores), `optima` (see optimum_scores) and the fit's diagnostics, with the
+    oracle's effective number of importance draws (oracle_ess)."""
 
     targets: pd.DataFrame
     exponents: pd.DataFrame
@@ -134,33 +141,71 @@ class DatasetResult:
     diagnostics: dict
 
 
+@dataclass(frozen=True)
+class SimulatedDataset:
+    """One calibration dataset before fitting: the true law, the simulated sweep, and the
+    held-out targets (calibration_targets) with the law there (`true_law`) and the truth
+    (`truth`: the law plus a fresh configuration residual), both ln eta*."""
+
+    law: TrueLaw
+    sweep: SimulatedSweep
+    targets: pd.DataFrame
+
+
+def simulated_dataset(seed: int, *, noise_median: float = NOISE_MEDIAN) -> SimulatedDataset:
+    """Calibration dataset `seed` (see the module docstring). The law, the sweep and the
+    targets' residuals draw from three independent streams spawned from the seed: a sweep
+    seeded with the law's own seed would reuse the law's normal draws as its configurations'
+    residuals, and the targets' residuals would repeat some of them. One seed gives the same
+    law, optima and LR grids at any `noise_median` (nats/token; see TrueLaw.from_prior)."""
+    law_stream, sweep_stream, target_stream = np.random.SeedSequence(seed).spawn(3)
+    law = TrueLaw.from_prior(np.random.default_rng(law_stream), OPTIMIZERS,
+                             noise_median=noise_median)
+    sweep = simulate_sweep(law, n_params=N_PARAMS, tokens=TOKENS, batch_sizes=BATCHES,
+                           n_lrs=5, seed=int(sweep_stream.generate_state(1)[0]))
+    targets = calibration_targets()
+    true_law = law.log_eta(targets["n_params"], targets["tokens"], targets["batch_size"],
+                           targets["optimizer"])
+    residual = law.resid_sd * np.random.default_rng(target_stream).standard_normal(len(targets))
+    return SimulatedDataset(law, sweep, targets.assign(true_law=true_law,
+                                                       truth=true_law + residual))
+
+
+def oracle_scores(data: SimulatedDataset, seed: int) -> tuple[dict[str, np.ndarray], float]:
+    """Whether the oracle's central 50% / 90% intervals (bayeslr.oracle: the exact posterior
+    given the true optima) cover each target's truth, as columns oracle_in50 / oracle_in90,
+    and the oracle's effective number of importance draws; `seed` seeds its draws."""
+    pit, ess = oracle_pit(data.sweep.truth, data.targets,
+                          data.targets["truth"].to_numpy(float), OPTIMIZERS, seed=seed)
+    return {"oracle_in50": np.abs(pit - 0.5) <= 0.25,
+            "oracle_in90": np.abs(pit - 0.5) <= 0.45}, ess
+
+
 def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None,
                         compiled: CompiledModels | None = None,
                         noise_median: float = NOISE_MEDIAN) -> DatasetResult:
-    """Simulate, fit (nutpie when installed; 4 chains x `draws` after as many tuning steps) and
-    score one dataset; the seed fixes the law, the sweep, the fit and the predictions. Pass one
-    `compiled` to many calls to compile the model once (the datasets share its structure).
-    `noise_median`: median loss noise of the simulated sweeps (nats/token; see
-    TrueLaw.from_prior); one seed gives the same law, optima and LR grids at any value."""
-    rng = np.random.default_rng(seed)
-    law = TrueLaw.from_prior(rng, OPTIMIZERS, noise_median=noise_median)
-    sweep = simulate_sweep(law, n_params=N_PARAMS, tokens=TOKENS, batch_sizes=BATCHES,
-                           n_lrs=5, seed=seed)
+    """Simulate (simulated_dataset), fit (nutpie when installed; 4 chains x `draws` after as
+    many tuning steps) and score one dataset; the seed fixes the data, the fit and the
+    predictions. Pass one `compiled` to many calls to compile the model once (the datasets
+    share its structure). `noise_median`: median loss noise of the simulated sweeps
+    (nats/token)."""
+    data = simulated_dataset(seed, noise_median=noise_median)
+    law, sweep = data.law, data.sweep
+    tg = calibration_targets()
+    true_law, truth = (data.targets[c].to_numpy(float) for c in ("true_law", "truth"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         posterior = fit(sweep, draws=draws, tune=draws, chains=4, seed=seed, cores=cores,
                         progressbar=False, compiled=compiled)
-    tg = calibration_targets()
     curve_draws = posterior.draw_curve_params(tg, seed=seed)
     log_eta = curve_draws["log_eta"].values  # (sample, target)
     law_draws = curve_draws["log_eta_law"].values
-    true_law = law.log_eta(tg["n_params"], tg["tokens"], tg["batch_size"], tg["optimizer"])
-    truth = true_law + law.resid_sd * rng.standard_normal(len(tg))
     scores = interval_scores(log_eta, truth)
+    oracle, oracle_ess = oracle_scores(data, seed)
     targets = tg.assign(dataset=seed, noise_sd=law.noise_sd, truth=truth,
                         median=np.median(log_eta, axis=0),
                         in50=scores["in50"], in90=scores["in90"],
-                        law_z=interval_scores(law_draws, true_law)["z"])
+                        law_z=interval_scores(law_draws, true_law)["z"], **oracle)
     centre = {c: float(np.exp(np.log(sweep.truth[c].astype(float)).mean())) for c in COVARIATES}
     exps = posterior.exponents()
     rows = []
@@ -174,7 +219,7 @@ def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None
     parameters = parameter_scores(posterior, law).assign(dataset=seed)
     optima = optimum_scores(posterior, sweep.truth).assign(dataset=seed)
     return DatasetResult(targets, pd.DataFrame(rows), parameters, optima,
-                         posterior.diagnostics())
+                         {**posterior.diagnostics(), "oracle_ess": oracle_ess})
 
 
 RESULT_TABLES = ("targets", "exponents", "parameters", "optima", "diagnostics")
@@ -230,9 +275,10 @@ NOISE_GROUPS = {1: ["all"], 2: ["low", "high"], 3: ["low", "middle", "high"]}
 
 
 def coverage_by_noise(targets: pd.DataFrame) -> pd.DataFrame:
-    """Target coverage and the law's z sd in thirds of the datasets by their loss noise
-    (nats/token; halves or one group for fewer than 3 datasets): how the calibration depends
-    on how precisely the loss points measure each sweep (docs/model.md, Loss noise)."""
+    """Target coverage, the oracle's (see oracle_scores) and the law's z sd in thirds of
+    the datasets by their loss noise (nats/token; halves or one group for fewer than 3
+    datasets): how the calibration depends on how precisely the loss points measure each
+    sweep (docs/model.md, Loss noise)."""
     noise = targets.groupby("dataset")["noise_sd"].first()
     labels = NOISE_GROUPS[min(3, len(noise))]
     third = pd.qcut(noise.rank(method="first"), len(labels), labels=labels)
@@ -240,11 +286,13 @@ def coverage_by_noise(targets: pd.DataFrame) -> pd.DataFrame:
         "noise_third", observed=True).agg(
         noise_from=("noise_sd", "min"), noise_to=("noise_sd", "max"),
         coverage50=("in50", "mean"), coverage90=("in90", "mean"),
+        oracle50=("oracle_in50", "mean"), oracle90=("oracle_in90", "mean"),
         law_z_sd=("law_z", "std"), datasets=("dataset", "nunique"))
 
 
 def summarize(results: list[DatasetResult]) -> dict:
-    """Pooled coverage of the target intervals (with dataset-bootstrap 90% intervals), per
+    """Pooled coverage of the target intervals (with dataset-bootstrap 90% intervals) and the
+    oracle's on the same targets, per
     optimizer, per target size x horizon and per third of the datasets by loss noise, exponent
     recovery, the parameters' interval coverage and mean z, the fitted configurations' optima
     (coverage and z, by number of diverged runs), the law's z-scores at the targets (mean 0
@@ -259,6 +307,8 @@ def summarize(results: list[DatasetResult]) -> dict:
         "coverage50": float(cover["in50"].mean()), "coverage90": float(cover["in90"].mean()),
         "coverage50_ci": dataset_bootstrap(cover["in50"], cover["dataset"]),
         "coverage90_ci": dataset_bootstrap(cover["in90"], cover["dataset"]),
+        "oracle_coverage50": float(cover["oracle_in50"].mean()),
+        "oracle_coverage90": float(cover["oracle_in90"].mean()),
         "targets": len(cover), "datasets": len(results),
         "by_optimizer": cover.groupby("optimizer")[["in50", "in90"]].mean(),
         "by_target": cover.groupby(["n_params", "tokens"]).agg(
@@ -282,7 +332,8 @@ def summarize(results: list[DatasetResult]) -> dict:
     }
 
 
-__all__ = ["RESULT_TABLES", "DatasetResult", "calibration_dataset", "calibration_targets",
+__all__ = ["RESULT_TABLES", "DatasetResult", "SimulatedDataset", "calibration_dataset",
+           "calibration_targets", "simulated_dataset",
            "coverage_by_noise", "dataset_bootstrap", "interval_scores", "optimum_scores",
-           "parameter_scores", "result_tables", "save_results", "saved_results", "summarize",
-           "true_exponents", "true_parameters"]
+           "oracle_scores", "parameter_scores", "result_tables", "save_results",
+           "saved_results", "summarize", "true_exponents", "true_parameters"]

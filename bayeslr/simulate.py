@@ -31,6 +31,8 @@ from bayeslr.store import records_to_frame
 REFERENCE = {"n_params": 1e6, "tokens": 1e8, "batch_size": 32.0}
 """The point where TrueLaw.log_eta_ref applies; exponents act on log(x / reference)."""
 COVARIATES = ("n_params", "tokens", "batch_size")
+LOG_ETA_REF_PRIOR = (math.log(3e-3), 1.0)
+"""Mean and sd of TrueLaw.from_prior's ln eta* at REFERENCE, drawn per optimizer."""
 NOISE_MEDIAN = 0.03
 """Median loss noise (nats/token) of TrueLaw.from_prior. The seed-to-seed sd of the final
 validation loss in the shipped reference and dense sweeps is 0.039 (0.023-0.068 by sweep,
@@ -114,7 +116,7 @@ class TrueLaw:
         spread = np.array([_draw(P["exponent_spread"], rng) for _ in COVARIATES])
         c = [_draw(P["curvature"], rng) for _ in range(3)]
         return cls(
-            log_eta_ref={o: float(rng.normal(math.log(3e-3), 1.0)) for o in optimizers},
+            log_eta_ref={o: float(rng.normal(*LOG_ETA_REF_PRIOR)) for o in optimizers},
             exponents={o: tuple(float(v) for v in mu + spread * rng.normal(size=3))
                        for o in optimizers},
             curvature=(c[0], c[1], c[2]), resid_sd=_draw(P["resid_sd"], rng),

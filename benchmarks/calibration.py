@@ -10,7 +10,10 @@ same for the law's curvature coefficients and the scatter and curve-shape parame
 the optima of the fitted configurations (by how many of their runs diverged), and the law's
 error at the targets in posterior sds: these show which part of the posterior is
 overconfident when the target coverage falls short.
-Coverage is printed with a 90% bootstrap interval that resamples whole datasets.
+Coverage is printed with a 90% bootstrap interval that resamples whole datasets, next to the
+coverage of an oracle on the same targets (bayeslr.oracle: the exact posterior given the true
+optima of the fitted configurations, nominal in expectation over the prior, so it shows how
+lucky the drawn truths are).
 
 Datasets are fitted --workers at a time in separate processes, each sampling its chains on
 one core. Each process fits its datasets in chunks that share one compiled model
@@ -26,8 +29,12 @@ any noise level.
 targets, exponents, parameters, optima, diagnostics, each with the dataset's seed), so that
 two runs, of two builds or two designs, can be compared dataset by dataset.
 
+--oracle-only scores only the oracle, without fitting (a fraction of a second per dataset),
+to check that it covers the simulated targets at the nominal rate; its last line is
+`oracle: coverage50=<x> coverage90=<y> targets=<n>`.
+
 Usage: python benchmarks/calibration.py [--datasets 120] [--seed 0] [--draws 500] [--workers 2]
-                                        [--noise-median 0.03] [--save DIR]
+                                        [--noise-median 0.03] [--save DIR] [--oracle-only]
 Last line: calibration: coverage50=<x> coverage90=<y> targets=<n>
 """
 
@@ -39,13 +46,17 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+import pandas as pd
 from tqdm import tqdm
 
 from bayeslr.calibration import (
     DatasetResult,
     calibration_dataset,
+    dataset_bootstrap,
+    oracle_scores,
     save_results,
     saved_results,
+    simulated_dataset,
     summarize,
 )
 from bayeslr.errors import ModelError
@@ -89,6 +100,24 @@ def run(seeds: list[int], *, draws: int, workers: int, quiet: bool,
     return sorted(results, key=lambda r: int(r.targets["dataset"].iloc[0]))
 
 
+def oracle_only(seeds: list[int], *, quiet: bool) -> None:
+    """Score only the oracle, without fitting: whether the exact posterior given the true
+    optima covers the benchmark's targets at the nominal rate (a check of the simulated
+    data and of bayeslr.oracle)."""
+    start = time.perf_counter()
+    tables = [pd.DataFrame(oracle_scores(simulated_dataset(seed), seed)[0]).assign(
+        dataset=seed) for seed in tqdm(seeds, disable=quiet, desc="datasets")]
+    table = pd.concat(tables, ignore_index=True)
+    print(f"datasets scored: {len(seeds)}; {time.perf_counter() - start:.0f} s")
+    for level in ("50", "90"):
+        column = table[f"oracle_in{level}"]
+        lo, hi = dataset_bootstrap(column, table["dataset"])
+        print(f"oracle's {level}% intervals: coverage {column.mean():.3f} (90% "
+              f"dataset-bootstrap interval {lo:.3f}-{hi:.3f})")
+    print(f"oracle: coverage50={table['oracle_in50'].mean():.3f} "
+          f"coverage90={table['oracle_in90'].mean():.3f} targets={len(table)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=int, default=120)
@@ -100,6 +129,8 @@ def main() -> None:
                         help="median loss noise of the simulated sweeps, nats/token (default "
                              "%(default)s: the seed-to-seed noise of the shipped sweeps; the "
                              "same seeds give the same laws, optima and grids at any value)")
+    parser.add_argument("--oracle-only", action="store_true",
+                        help="score only the oracle (no fits); last line 'oracle: ...'")
     parser.add_argument("--save", metavar="DIR",
                         help="write each dataset's scores as CSV files into DIR (refuses to "
                              "overwrite earlier ones)")
@@ -112,6 +143,8 @@ def main() -> None:
             parser.error(f"--save {args.save}: already holds {', '.join(taken)}")
     start = time.perf_counter()
     seeds = [args.seed * 1000 + i for i in range(args.datasets)]
+    if args.oracle_only:
+        return oracle_only(seeds, quiet=args.quiet)
     results = run(seeds, draws=args.draws, workers=args.workers, quiet=args.quiet,
                   noise_median=args.noise_median)
     if args.save:
@@ -141,7 +174,8 @@ def main() -> None:
     for level in ("50", "90"):
         lo, hi = s[f"coverage{level}_ci"]
         print(f"coverage of the {level}% intervals: {s[f'coverage{level}']:.3f} "
-              f"(90% dataset-bootstrap interval {lo:.3f}-{hi:.3f})")
+              f"(90% dataset-bootstrap interval {lo:.3f}-{hi:.3f}); the oracle's on the same "
+              f"targets {s[f'oracle_coverage{level}']:.3f}")
     print(f"calibration: coverage50={s['coverage50']:.3f} "
           f"coverage90={s['coverage90']:.3f} targets={s['targets']}")
 
