@@ -137,6 +137,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.noise_median > 0:
         parser.error(f"--noise-median: expected a positive noise, got {args.noise_median}")
+    if args.oracle_only and args.save:
+        parser.error("--save: the oracle-only run has no fits to save")
     if args.save:
         taken = saved_results(args.save)
         if taken:  # checked before the fits too: they take minutes
