@@ -106,7 +106,10 @@ class TrueLaw:
         simulation-based calibration; curve-shape settings vary around TrueLaw's defaults and
         the loss noise is log-normal around `noise_median` (nats/token; sd 0.6 in logs, so 90%
         of draws lie within 0.37-2.7 times it). The draws do not depend on `noise_median`
-        other than through noise_sd, so two medians give the same laws for one `rng` seed."""
+        other than through noise_sd, so two medians give the same laws for one `rng` seed.
+        Seed simulate_sweep from another stream (bayeslr.calibration.simulated_dataset
+        spawns one): seeded with the integer that seeded `rng`, the sweep's configuration
+        residuals would be copies of this law's normal draws."""
         if not noise_median > 0:
             raise ValueError(f"noise_median: expected a positive loss noise (nats/token), "
                              f"got {noise_median!r}")
