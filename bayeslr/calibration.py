@@ -191,7 +191,7 @@ def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None
     (nats/token)."""
     data = simulated_dataset(seed, noise_median=noise_median)
     law, sweep = data.law, data.sweep
-    tg = calibration_targets()
+    tg = data.targets.drop(columns=["true_law", "truth"])
     true_law, truth = (data.targets[c].to_numpy(float) for c in ("true_law", "truth"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -292,11 +292,11 @@ def coverage_by_noise(targets: pd.DataFrame) -> pd.DataFrame:
 
 def summarize(results: list[DatasetResult]) -> dict:
     """Pooled coverage of the target intervals (with dataset-bootstrap 90% intervals) and the
-    oracle's on the same targets, per
-    optimizer, per target size x horizon and per third of the datasets by loss noise, exponent
-    recovery, the parameters' interval coverage and mean z, the fitted configurations' optima
-    (coverage and z, by number of diverged runs), the law's z-scores at the targets (mean 0
-    and sd 1 for a calibrated law), and how many fits failed their diagnostics."""
+    oracle's on the same targets, per optimizer, per target size x horizon and per third of
+    the datasets by loss noise, exponent recovery, the parameters' interval coverage and mean
+    z, the fitted configurations' optima (coverage and z, by number of diverged runs), the
+    law's z-scores at the targets (mean 0 and sd 1 for a calibrated law), and how many fits
+    failed their diagnostics."""
     tables = result_tables(results)
     cover, optima, exps = tables["targets"], tables["optima"], tables["exponents"]
     params, diag = tables["parameters"], tables["diagnostics"]
@@ -333,7 +333,7 @@ def summarize(results: list[DatasetResult]) -> dict:
 
 
 __all__ = ["RESULT_TABLES", "DatasetResult", "SimulatedDataset", "calibration_dataset",
-           "calibration_targets", "simulated_dataset",
-           "coverage_by_noise", "dataset_bootstrap", "interval_scores", "optimum_scores",
-           "oracle_scores", "parameter_scores", "result_tables", "save_results",
-           "saved_results", "summarize", "true_exponents", "true_parameters"]
+           "calibration_targets", "coverage_by_noise", "dataset_bootstrap", "interval_scores",
+           "optimum_scores", "oracle_scores", "parameter_scores", "result_tables",
+           "save_results", "saved_results", "simulated_dataset", "summarize",
+           "true_exponents", "true_parameters"]

@@ -116,7 +116,8 @@ def _log_likelihood_and_cdf(log_scales: np.ndarray, x_fit: dict, x_new: dict, y:
 
 def _covariates(frame: pd.DataFrame, optimizers: Sequence[str]) -> dict[str, np.ndarray]:
     """One-hot optimizer (n, O), x = ln(value / REFERENCE) (n, 3), and the curvature columns
-    in TrueLaw.curvature's order: x_N^2, x_D^2, x_N x_D (n, 3)."""
+    in TrueLaw.curvature's order: x_N^2, x_D^2, x_N x_D (n, 3); TrueLaw.log_eta is linear in
+    them (tests/test_oracle.py checks the two agree)."""
     names = list(optimizers)
     unknown = set(frame["optimizer"]) - set(names)
     if unknown:

@@ -47,6 +47,21 @@ def test_conditional_matches_the_conjugate_posterior_in_precision_form():
     assert log_lik[0] == pytest.approx(marginal.logpdf(y) + 0.5 * len(y) * np.log(2 * np.pi))
 
 
+def test_the_design_reproduces_the_simulated_law_exactly():
+    data = simulated_dataset(4)
+    law = data.law
+    exponents = np.array([law.exponents[o] for o in OPTIMIZERS])
+    # the coefficients in _design's order, with unit spreads: intercepts, mean exponents
+    # (zero: the deviations carry each optimizer's whole exponent), deviations, curvature
+    coefficients = np.concatenate([[law.log_eta_ref[o] for o in OPTIMIZERS], np.zeros(3),
+                                   exponents.ravel(), law.curvature])
+    for frame in (data.sweep.truth, data.targets):
+        design = _design(_covariates(frame, OPTIMIZERS), np.ones((1, 3)))[0]
+        expected = law.log_eta(frame["n_params"], frame["tokens"], frame["batch_size"],
+                               frame["optimizer"])
+        np.testing.assert_allclose(design @ coefficients, expected, atol=1e-12)
+
+
 def test_importance_draws_are_reported_and_seeded():
     data = _dataset(1)
     pit, ess = oracle_pit(*data, OPTIMIZERS, draws=800, seed=1)
