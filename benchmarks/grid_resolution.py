@@ -9,14 +9,15 @@ batch sizes and seeds) measure the loss between those points.
 For each dense configuration this prints, as LRs and as regret on the dense sweep:
 
 - the dense optimum: sweep_optimum of the dense runs, completed outside their LR range by the
-  reference runs (both seeds averaged per LR, as the transfer benchmark reads a sweep);
+  reference runs (the seeds averaged per LR, as the transfer benchmark reads a sweep; four
+  seeds inside the dense range at 333k, two elsewhere);
 - the coarse optimum: sweep_optimum of the reference runs alone (what transfer.py scores
   against);
 - the model's optimum: the posterior median of eta* from a fit to the reference sweep's
   `--train-sizes` smallest sizes, seed 0 (transfer.py's default fit): the configuration's own
   posterior at a fitted size, the prediction for a new configuration at a held-out size;
 - the OLS power law on the training sizes' grid argmins (transfer.py's baseline);
-- the seed noise floor: a seed's own dense optimum on the other seed's dense sweep.
+- the seed noise floor: a seed's own dense optimum on another seed's dense sweep.
 
     python benchmarks/grid_resolution.py [SWEEPDIR ...] [--train-sizes 3] [--plot FILE.png]
 

@@ -29,7 +29,9 @@ averaged, and an LR where any seed diverged counts as diverged
 (bayeslr.baselines.sweep_optimum), so the measured optimum carries less seed noise. With two
 or more seeds the run also prints the seed noise floor: the regret of each seed's own optimum
 on another seed's sweep, the best a grid search at the target with one seed could do on a
-fresh seed. The scores against the first seed alone are printed too.
+fresh seed. The scores against the first seed alone are printed too, and every method's
+median regret read against the mean of k seeds for each k (the dense sweeps at 333k have four
+seeds): how much of a regret is the measurement's seed noise.
 
 The bayeslr LR scored is the posterior median of eta*; the risk-aware recommendation
 (bayeslr.decisions.recommend, default divergence cost) is scored alongside as `bayes_rec`.
@@ -192,20 +194,23 @@ def optima(table: pd.DataFrame) -> pd.DataFrame:
 
 def with_dense(test: pd.DataFrame, dense: pd.DataFrame) -> pd.DataFrame:
     """`test` with the runs of each sweep that `dense` resamples replaced, inside the dense
-    LR range, by the dense runs (outside it the coarse runs complete the sweep)."""
+    LR range, by the dense runs (outside it the coarse runs complete the sweep; column
+    `completes` marks them)."""
     span = dense.groupby(CONFIG)["lr"].agg(["min", "max"]).reset_index()
     bounds = test[CONFIG].merge(span, on=CONFIG, how="left")
     inside = ((test["lr"].to_numpy() >= bounds["min"].to_numpy() / 1.01)
               & (test["lr"].to_numpy() <= bounds["max"].to_numpy() * 1.01))
     resampled = dense.merge(test[CONFIG].drop_duplicates(), on=CONFIG)
-    return pd.concat([test[~inside], resampled], ignore_index=True)
+    completes = test[~inside].merge(resampled[CONFIG].drop_duplicates(), on=CONFIG,
+                                    how="left", indicator=True)["_merge"] == "both"
+    return pd.concat([test[~inside].assign(completes=completes.to_numpy()),
+                      resampled.assign(completes=False)], ignore_index=True)
 
 
 def dense_resampled(runs: pd.DataFrame, dense: pd.DataFrame,
                     what: str) -> tuple[pd.DataFrame, str]:
-    """`runs` with the `dense` runs of its seeds in (`with_dense`), and a note of how many of
-    its configurations they resample (`what` says what was done with them)."""
-    dense = dense[dense["seed"].isin(runs["seed"].unique())]
+    """`runs` with the `dense` runs in (`with_dense`), and a note of how many of its
+    configurations they resample (`what` says what was done with them)."""
     keys = dense[CONFIG].drop_duplicates().merge(runs[CONFIG].drop_duplicates(), on=CONFIG)
     return with_dense(runs, dense), f"; {len(keys)} of them {what} dense sweeps"
 
@@ -299,6 +304,49 @@ def seed_noise(per_seed: dict[int, pd.DataFrame], divergence_loss: float) -> pd.
     return pd.DataFrame(rows)
 
 
+def regret_by_seed_count(test: pd.DataFrame, held: pd.DataFrame, lrs: dict[str, np.ndarray],
+                         divergence_loss: float) -> pd.DataFrame | None:
+    """Median regret (% of loss) of each method's LR (`lrs`: name -> LR per row of `held`)
+    read against the mean of k of the held-out sweeps' seeds, for k = 1 .. all (columns),
+    with a one-seed grid search's alongside (`one_seed_grid`: a seed's own optimum on the
+    mean of k other seeds). The median is over configurations and k-subsets of seeds (at
+    k = all it is the headline median regret; at k = 1 the grid search's is the seed noise
+    floor, but for the runs outside a dense sweep's range, which every subset reads with
+    all their seeds). The fewer seeds, the noisier the measured curve, and the lower its
+    minimum lies below the expected loss's, so every regret is read higher: the trend in k
+    shows how much of a regret is measurement noise. Only configurations trained with every
+    seed; the runs that complete a dense sweep outside its range (`completes`) join every
+    subset. None with one seed."""
+    seeds = sorted(test["seed"].unique())
+    if len(seeds) < 2:
+        return None
+    completes = test["completes"] if "completes" in test else pd.Series(False, test.index)
+    full = test.groupby(CONFIG)["seed"].transform("nunique") == len(seeds)
+    chosen = held[CONFIG].assign(**lrs).set_index(CONFIG)
+
+    def read(subset: tuple) -> pd.DataFrame:
+        runs = test[full & (test["seed"].isin(subset) | completes)]
+        return optima(runs).set_index(CONFIG)
+
+    own = {seed: read((seed,))["lr_opt"] for seed in seeds}
+    rows = []
+    for k in range(1, len(seeds) + 1):
+        for subset in itertools.combinations(seeds, k):
+            sweep = read(subset).join(chosen, how="inner")
+            others = {f"seed {a}": own[a] for a in seeds if a not in subset}
+            method = {**{name: name for name in lrs}, **dict.fromkeys(others, "one_seed_grid")}
+            if others:
+                sweep = sweep.join(pd.DataFrame(others), how="left")
+            for key, row in sweep.iterrows():
+                for column, name in method.items():
+                    if np.isfinite(row[column]):
+                        nats = regret(row["opt"], row[column], divergence_loss=divergence_loss)
+                        rows.append({"config": key, "k": k, "method": name,
+                                     "regret_pct": 100 * nats / row["loss_opt"]})
+    table = pd.DataFrame(rows).groupby(["method", "k"])["regret_pct"].median().unstack("k")
+    return table.reindex([*lrs, "one_seed_grid"])
+
+
 def print_first_seed(first: pd.DataFrame, held: pd.DataFrame, divergence_loss: float) -> None:
     """The same predictions scored against the first seed's sweeps alone (`first`: its
     `optima`)."""
@@ -372,8 +420,8 @@ def main() -> None:
     train, test = split(table, args.hold_out, args.train_sizes, args.held_size,
                         args.train_seed)
     dense = as_table(dense_jsonl()) if args.dense or args.dense_fit else None
-    train, fit_note = (dense_resampled(train, dense, "fitted with") if args.dense_fit
-                       else (train, ""))
+    train, fit_note = (dense_resampled(train, dense[dense["seed"].isin(train["seed"])],
+                                       "fitted with") if args.dense_fit else (train, ""))
     divergence_loss = math.log(float(table["vocab_size"].dropna().iloc[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -428,6 +476,13 @@ def main() -> None:
     per_seed = {seed: optima(runs) for seed, runs in test.groupby("seed")}
     print_first_seed(per_seed[min(per_seed)], held, divergence_loss)
     noise = seed_noise(per_seed, divergence_loss)
+    by_seeds = regret_by_seed_count(test, held, {name: s["lr"].to_numpy()
+                                                 for name, s in scores.items()},
+                                    divergence_loss)
+    if by_seeds is not None:
+        print(f"median regret (%) read against the mean of k seeds' sweeps (k = columns; "
+              f"over the configurations with all {test['seed'].nunique()} seeds and the "
+              f"k-subsets):\n" + by_seeds.to_string(float_format=lambda v: f"{v:.3f}"))
     if noise is not None:
         print(f"seed noise floor at the held-out configurations: a seed's own optimum on "
               f"another seed's sweep costs {noise['regret_pct'].median():.3f}% (median; mean "
