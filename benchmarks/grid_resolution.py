@@ -26,7 +26,7 @@ the largest batch): the stable points the dense and the coarse readings are take
 (seed-mean loss against the LR), with the four readings of its optimum.
 
 The dense sweeps default to the shipped bayeslr/data/dense_sweep.jsonl.gz (all three
-optimizers at 24.9k, 55.8k, 333k and 1.77M).
+optimizers at 24.9k, 55.8k, 333k and 1.77M, AdamW at 4.73M).
 
 Last line: `grid: coarse_log10_bias=<x> model_log10_bias=<y> coarse_regret_pct=<a>
 model_regret_pct=<b> ols_regret_pct=<c>` (medians over the dense configurations; bias =
@@ -150,8 +150,11 @@ def plot(table: pd.DataFrame, dense: pd.Series, coarse: pd.Series, path: str) ->
                              figsize=(3.6 * len(sizes), 2.8 * len(optimizers)))
     readings = {"dense": ("k", "-"), "coarse": ("C3", "--"), "model": ("C0", "-"),
                 "ols": ("C1", ":")}
+    for ax in axes.flat:  # a size that not every optimizer was resampled at leaves gaps
+        ax.axis("off")
     for row in shown.itertuples():
         ax = axes[optimizers.index(row.optimizer), sizes.index(row.n_params)]
+        ax.axis("on")
         fine, grid = dense[row.Index], coarse[row.Index]
         ax.plot(np.exp(fine.log_lr), fine.loss, ".-", color="0.5", ms=4,
                 label="dense, seed mean")
@@ -166,8 +169,8 @@ def plot(table: pd.DataFrame, dense: pd.Series, coarse: pd.Series, path: str) ->
                      f"B={row.batch_size:g}", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=6)
-    for ax in axes[-1]:
-        ax.set_xlabel("learning rate", fontsize=8)
+    for column in axes.T:
+        [ax for ax in column if ax.axison][-1].set_xlabel("learning rate", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("val loss (nats/token)", fontsize=8)
     fig.tight_layout()

@@ -17,8 +17,9 @@ Each prediction is scored against that configuration's measured sweep:
 It also counts the predictions that fall between a sweep's last stable and first diverged LR
 (unmeasured; read as the last stable loss) and the sweeps whose best LR is the grid's lowest.
 With `--dense`, the held-out sweeps that the shipped dense sweeps resample (LRs a factor 1.33
-apart, every optimizer at 24.9k, 55.8k, 333k and 1.77M; bayeslr/data/dense_sweep.jsonl.gz) are
-scored against those, completed outside their LR range by the coarse runs. With
+apart, every optimizer at 24.9k, 55.8k, 333k and 1.77M, AdamW at 4.73M;
+bayeslr/data/dense_sweep.jsonl.gz) are scored against those, completed outside their LR range
+by the coarse runs. With
 `--dense-fit`, the training sweeps that the dense sweeps resample (24.9k and 55.8k with the
 default three training sizes) are fitted with their dense runs in, the same way: what the
 coarse grid of the small sweeps costs the prediction.
@@ -104,10 +105,10 @@ def parse_args() -> argparse.Namespace:
                              "(ModelSpec.curvature; default on)")
     parser.add_argument("--dense", action="store_true",
                         help="score the held-out sweeps that the shipped dense sweeps "
-                             "resample (24.9k, 55.8k, 333k, 1.77M) against those")
+                             "resample (24.9k .. 1.77M; AdamW at 4.73M) against those")
     parser.add_argument("--dense-fit", action="store_true",
                         help="fit the training sweeps that the shipped dense sweeps resample "
-                             "(of 24.9k .. 1.77M) with their dense runs in")
+                             "(of 24.9k .. 4.73M) with their dense runs in")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
