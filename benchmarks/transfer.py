@@ -195,17 +195,13 @@ def optima(table: pd.DataFrame) -> pd.DataFrame:
 
 def with_dense(test: pd.DataFrame, dense: pd.DataFrame) -> pd.DataFrame:
     """`test` with the runs of each sweep that `dense` resamples replaced, inside the dense
-    LR range, by the dense runs (outside it the coarse runs complete the sweep; column
-    `completes` marks them)."""
+    LR range, by the dense runs (outside it the coarse runs complete the sweep)."""
     span = dense.groupby(CONFIG)["lr"].agg(["min", "max"]).reset_index()
     bounds = test[CONFIG].merge(span, on=CONFIG, how="left")
     inside = ((test["lr"].to_numpy() >= bounds["min"].to_numpy() / 1.01)
               & (test["lr"].to_numpy() <= bounds["max"].to_numpy() * 1.01))
     resampled = dense.merge(test[CONFIG].drop_duplicates(), on=CONFIG)
-    completes = test[~inside].merge(resampled[CONFIG].drop_duplicates(), on=CONFIG,
-                                    how="left", indicator=True)["_merge"] == "both"
-    return pd.concat([test[~inside].assign(completes=completes.to_numpy()),
-                      resampled.assign(completes=False)], ignore_index=True)
+    return pd.concat([test[~inside], resampled], ignore_index=True)
 
 
 def dense_resampled(runs: pd.DataFrame, dense: pd.DataFrame,
@@ -306,34 +302,28 @@ def seed_noise(per_seed: dict[int, pd.DataFrame], divergence_loss: float) -> pd.
 
 
 def regret_by_seed_count(test: pd.DataFrame, held: pd.DataFrame, lrs: dict[str, np.ndarray],
+                         per_seed: dict[int, pd.DataFrame],
                          divergence_loss: float) -> pd.DataFrame | None:
     """Median regret (% of loss) of each method's LR (`lrs`: name -> LR per row of `held`)
     read against the mean of k of the held-out sweeps' seeds, for k = 1 .. all (columns),
-    with a one-seed grid search's alongside (`one_seed_grid`: a seed's own optimum on the
-    mean of k other seeds). The median is over configurations and k-subsets of seeds (at
-    k = all it is the headline median regret; at k = 1 the grid search's is the seed noise
-    floor, but for the runs outside a dense sweep's range, which every subset reads with
-    all their seeds). The fewer seeds, the noisier the measured curve, and the lower its
-    minimum lies below the expected loss's, so every regret is read higher: the trend in k
-    shows how much of a regret is measurement noise. Only configurations trained with every
-    seed; the runs that complete a dense sweep outside its range (`completes`) join every
-    subset. None with one seed."""
-    seeds = sorted(test["seed"].unique())
+    with a one-seed grid search's alongside (`one_seed_grid`: a seed's own optimum, from
+    `per_seed` as in seed_noise, on the mean of k other seeds). The median is over
+    configurations and k-subsets of seeds: at k = all it is the headline median regret, at
+    k = 1 the grid search's is the seed noise floor. The fewer seeds, the noisier the
+    measured curve, and the lower its minimum lies below the expected loss's, so every
+    regret is read higher: the trend in k shows how much of a regret is measurement noise.
+    Only configurations trained with every seed; None with one seed."""
+    seeds = sorted(per_seed)
     if len(seeds) < 2:
         return None
-    completes = test["completes"] if "completes" in test else pd.Series(False, test.index)
     full = test.groupby(CONFIG)["seed"].transform("nunique") == len(seeds)
     chosen = held[CONFIG].assign(**lrs).set_index(CONFIG)
-
-    def read(subset: tuple) -> pd.DataFrame:
-        runs = test[full & (test["seed"].isin(subset) | completes)]
-        return optima(runs).set_index(CONFIG)
-
-    own = {seed: read((seed,))["lr_opt"] for seed in seeds}
+    own = {seed: frame.set_index(CONFIG)["lr_opt"] for seed, frame in per_seed.items()}
     rows = []
     for k in range(1, len(seeds) + 1):
         for subset in itertools.combinations(seeds, k):
-            sweep = read(subset).join(chosen, how="inner")
+            sweep = optima(test[full & test["seed"].isin(subset)]).set_index(CONFIG)
+            sweep = sweep.join(chosen, how="inner")
             others = {f"seed {a}": own[a] for a in seeds if a not in subset}
             method = {**{name: name for name in lrs}, **dict.fromkeys(others, "one_seed_grid")}
             if others:
@@ -479,7 +469,7 @@ def main() -> None:
     noise = seed_noise(per_seed, divergence_loss)
     by_seeds = regret_by_seed_count(test, held, {name: s["lr"].to_numpy()
                                                  for name, s in scores.items()},
-                                    divergence_loss)
+                                    per_seed, divergence_loss)
     if by_seeds is not None:
         print(f"median regret (%) read against the mean of k seeds' sweeps (k = columns; "
               f"over the configurations with all {test['seed'].nunique()} seeds and the "
