@@ -3,13 +3,13 @@ one LR, the noise level the calibration benchmark's simulated sweeps are drawn a
 (bayeslr.simulate.NOISE_MEDIAN).
 
 The reference and dense sweeps train every configuration and LR with two seeds, 0 and 1
-(different initialization and data order; the dense sweeps at 333k add seeds 2 and 3, which
-are left out here so that every sweep is read the same way). For each such pair of stable
-runs, the sample sd of the two final validation losses is |difference| / sqrt(2); for
-normal noise its median over pairs is 0.674 sigma, so sigma is estimated as that median /
-0.674 (robust to the rare pair with a loss spike). Printed for all pairs and for the pairs
-near their sweep's optimum (seed-mean loss within --near nats of the configuration's best
-seed-mean loss), by optimizer and size.
+(different initialization and data order; the dense sweeps at 333k and AdamW's at 4.73M add
+seeds 2 and 3, which are left out here so that every sweep is read the same way). For each
+such pair of stable runs, the sample sd of the two final validation losses is
+|difference| / sqrt(2); for normal noise its median over pairs is 0.674 sigma, so sigma is
+estimated as that median / 0.674 (robust to the rare pair with a loss spike). Printed for
+all pairs and for the pairs near their sweep's optimum (seed-mean loss within --near nats
+of the configuration's best seed-mean loss), by optimizer and size.
 
     python benchmarks/loss_noise.py [--near 0.1]
 

@@ -31,8 +31,8 @@ averaged, and an LR where any seed diverged counts as diverged
 or more seeds the run also prints the seed noise floor: the regret of each seed's own optimum
 on another seed's sweep, the best a grid search at the target with one seed could do on a
 fresh seed. The scores against the first seed alone are printed too, and every method's
-median regret read against the mean of k seeds for each k (the dense sweeps at 333k have four
-seeds): how much of a regret is the measurement's seed noise.
+median regret read against the mean of k seeds for each k (the dense sweeps at 333k and
+AdamW's at 4.73M have four seeds): how much of a regret is the measurement's seed noise.
 
 The bayeslr LR scored is the posterior median of eta*; the risk-aware recommendation
 (bayeslr.decisions.recommend, default divergence cost) is scored alongside as `bayes_rec`.
@@ -449,8 +449,8 @@ def main() -> None:
           f"{posterior.info.get('seconds')} s{fit_note}")
     print(f"held out: {held_out_label(held, axis)}, {len(held)} configurations, "
           f"{test['seed'].nunique()} seed(s) per LR averaged{dense_note}\n")
-    detail = held[[*CONFIG, "lr_opt", "eta_median", "eta_lo90", "eta_hi90", "ols_lr",
-                   "same_lr"]].assign(
+    detail = held[[*CONFIG, "lr_opt", "eta_median", "eta_lo90", "eta_hi90", "recommended",
+                   "ols_lr", "same_lr"]].assign(
         bayes_regret_pct=scores["bayeslr"]["regret_pct"].to_numpy(),
         ols_regret_pct=scores["ols"]["regret_pct"].to_numpy(),
         same_regret_pct=scores["same_lr"]["regret_pct"].to_numpy(), covered90=covered)

@@ -182,5 +182,5 @@ def test_shipped_dense_sweep_is_exactly_its_plans_runs():
     assert len(plans) == 6
     planned = {spec.run_id for path in plans for spec in load_plan(path).specs}
     runs = as_table(dense_jsonl())
-    assert len(planned) == 2544
+    assert len(planned) == 2652
     assert set(runs["run_id"]) == planned and runs["run_id"].is_unique
