@@ -10,14 +10,19 @@ For each dense configuration this prints, as LRs and as regret on the dense swee
 
 - the dense optimum: sweep_optimum of the dense runs, completed outside their LR range by the
   reference runs (the seeds averaged per LR, as the transfer benchmark reads a sweep; four
-  seeds inside the dense range at 333k, two elsewhere);
+  seeds inside the dense range at 333k and AdamW's at 4.73M, two elsewhere);
 - the coarse optimum: sweep_optimum of the reference runs alone (what transfer.py scores
   against);
 - the model's optimum: the posterior median of eta* from a fit to the reference sweep's
   `--train-sizes` smallest sizes, seed 0 (transfer.py's default fit): the configuration's own
   posterior at a fitted size, the prediction for a new configuration at a held-out size;
 - the OLS power law on the training sizes' grid argmins (transfer.py's baseline);
-- the seed noise floor: a seed's own dense optimum on another seed's dense sweep.
+- the seed noise floor: a seed's own dense optimum on another seed's dense sweep;
+- how far above the dense optimum the sweep's stable LRs end (`cliff_decades`): the first LR
+  whose seed-mean loss lies CLIFF_NATS above the optimum's, or where a seed diverged;
+- per optimizer and size, how the dense optima and the model's move with the horizon and the
+  batch size: the slopes of ln LR in ln D and ln B, fitted jointly over the six
+  configurations (the law's exponents, read size by size).
 
     python benchmarks/grid_resolution.py [SWEEPDIR ...] [--train-sizes 3] [--plot FILE.png]
 
@@ -26,7 +31,7 @@ the largest batch): the stable points the dense and the coarse readings are take
 (seed-mean loss against the LR), with the four readings of its optimum.
 
 The dense sweeps default to the shipped bayeslr/data/dense_sweep.jsonl.gz (all three
-optimizers at 24.9k, 55.8k, 333k and 1.77M, AdamW at 4.73M).
+optimizers at 24.9k, 55.8k, 333k, 1.77M and 4.73M).
 
 Last line: `grid: coarse_log10_bias=<x> model_log10_bias=<y> coarse_regret_pct=<a>
 model_regret_pct=<b> ols_regret_pct=<c>` (medians over the dense configurations; bias =
@@ -44,10 +49,14 @@ import pandas as pd
 from transfer import CONFIG, COVARIATES, first_seed, optima, seed_noise, with_dense
 
 from bayeslr.answers import predict_lr
-from bayeslr.baselines import fit_ols_law, regret
+from bayeslr.baselines import SweepOptimum, fit_ols_law, regret
 from bayeslr.datasets import dense_jsonl, reference_jsonl
 from bayeslr.fit import as_table, fit
 from bayeslr.spec import ModelSpec
+
+CLIFF_NATS = 0.2
+"""Rise of the seed-mean loss above a sweep's optimum that marks the end of its stable LRs
+(nats/token; about five times one run's loss noise, docs/model.md)."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -91,7 +100,8 @@ def main() -> None:
         dense=measured["lr_opt"],
         coarse=coarse["lr_opt"],
         model=model_optima(train, measured, args.seed),
-        ols=fit_ols_law(optima(train), COVARIATES).predict(measured))
+        ols=fit_ols_law(optima(train), COVARIATES).predict(measured),
+        cliff_decades=[cliff_decades(opt) for opt in measured["opt"]])
     divergence_loss = math.log(float(reference["vocab_size"].dropna().iloc[0]))
     score(table, measured, divergence_loss)
     print(f"dense configurations: {len(table)}; model and OLS fitted on sizes "
@@ -99,6 +109,15 @@ def main() -> None:
     print_report(table, completed, divergence_loss)
     if args.plot:
         plot(table, measured["opt"], coarse["opt"], args.plot)
+
+
+def cliff_decades(opt: SweepOptimum) -> float:
+    """Decades from the sweep's optimum up to the first LR above it whose loss lies CLIFF_NATS
+    above the optimum's, or else to its first diverged LR (NaN when neither is in the
+    sweep)."""
+    above = (opt.log_lr > math.log(opt.lr_opt)) & (opt.loss > opt.loss_opt + CLIFF_NATS)
+    edge = opt.log_lr[above][0] if above.any() else opt.first_diverged_log_lr
+    return (edge - math.log(opt.lr_opt)) / math.log(10) if math.isfinite(edge) else math.nan
 
 
 def score(table: pd.DataFrame, measured: pd.DataFrame, divergence_loss: float) -> None:
@@ -116,10 +135,15 @@ def print_report(table: pd.DataFrame, completed: pd.DataFrame, divergence_loss: 
     line."""
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print("\nmedians by optimizer and size (log10 LR / dense optimum; regret % on the dense "
-          "sweep):")
-    columns = [f"{n}_{k}" for k in ("log10", "regret_pct") for n in ("coarse", "model", "ols")]
+          "sweep; cliff_decades: from the dense optimum up to the end of the stable LRs):")
+    columns = [*(f"{n}_{k}" for k in ("log10", "regret_pct") for n in ("coarse", "model", "ols")),
+               "cliff_decades"]
     print(table.groupby(["optimizer", "n_params"])[columns].median().to_string(
         float_format=lambda v: f"{v:+.3f}"))
+    print("\nslopes of ln LR in ln D and ln B per optimizer and size, dense optima against the "
+          "model's:")
+    slopes = {name: trend_slopes(table, name) for name in ("dense", "model")}
+    print(pd.concat(slopes, axis=1).to_string(float_format=lambda v: f"{v:+.2f}"))
     noise = seed_noise({seed: optima(runs) for seed, runs in completed.groupby("seed")},
                        divergence_loss)
     if noise is not None:
@@ -133,6 +157,19 @@ def print_report(table: pd.DataFrame, completed: pd.DataFrame, divergence_loss: 
           f"ols_regret_pct={table['ols_regret_pct'].median():.3f}")
 
 
+def trend_slopes(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per optimizer and size, the least-squares slopes of ln `column` (an LR) in ln tokens
+    and ln batch size over that size's configurations."""
+    rows = {}
+    for key, group in table.groupby(["optimizer", "n_params"]):
+        design = np.column_stack([np.ones(len(group)),
+                                  *(np.log(group[c]) - np.log(group[c]).mean()
+                                    for c in ("tokens", "batch_size"))])
+        coef = np.linalg.lstsq(design, np.log(group[column]), rcond=None)[0]
+        rows[key] = {"d_slope": coef[1], "b_slope": coef[2]}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["optimizer", "n_params"])
+
+
 def plot(table: pd.DataFrame, dense: pd.Series, coarse: pd.Series, path: str) -> None:
     """One panel per optimizer (rows) and dense size (columns), for the configuration with the
     longest horizon and the largest batch: the stable points of its dense and coarse sweeps
@@ -142,6 +179,7 @@ def plot(table: pd.DataFrame, dense: pd.Series, coarse: pd.Series, path: str) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     shown = table.sort_values(["batch_size", "tokens"]).groupby(
         ["optimizer", "n_params"]).tail(1).sort_values(["optimizer", "n_params"])
@@ -165,6 +203,7 @@ def plot(table: pd.DataFrame, dense: pd.Series, coarse: pd.Series, path: str) ->
                        label=f"{name} optimum" if name != "model" else "bayeslr")
         ax.set_ylim(fine.loss.min() - 0.02, fine.loss.min() + 0.6)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow sweep labels no minor ticks
         ax.set_title(f"{row.optimizer}, N={row.n_params:.3g}, D={row.tokens:.2g}, "
                      f"B={row.batch_size:g}", fontsize=8)
         ax.tick_params(labelsize=7)

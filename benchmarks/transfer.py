@@ -17,7 +17,7 @@ Each prediction is scored against that configuration's measured sweep:
 It also counts the predictions that fall between a sweep's last stable and first diverged LR
 (unmeasured; read as the last stable loss) and the sweeps whose best LR is the grid's lowest.
 With `--dense`, the held-out sweeps that the shipped dense sweeps resample (LRs a factor 1.33
-apart, every optimizer at 24.9k, 55.8k, 333k and 1.77M, AdamW at 4.73M;
+apart, every optimizer at 24.9k, 55.8k, 333k, 1.77M and 4.73M;
 bayeslr/data/dense_sweep.jsonl.gz) are scored against those, completed outside their LR range
 by the coarse runs. With
 `--dense-fit`, the training sweeps that the dense sweeps resample (24.9k and 55.8k with the
@@ -105,7 +105,7 @@ def parse_args() -> argparse.Namespace:
                              "(ModelSpec.curvature; default on)")
     parser.add_argument("--dense", action="store_true",
                         help="score the held-out sweeps that the shipped dense sweeps "
-                             "resample (24.9k .. 1.77M; AdamW at 4.73M) against those")
+                             "resample (24.9k .. 4.73M) against those")
     parser.add_argument("--dense-fit", action="store_true",
                         help="fit the training sweeps that the shipped dense sweeps resample "
                              "(of 24.9k .. 4.73M) with their dense runs in")
@@ -370,6 +370,13 @@ def cost_lines(args: argparse.Namespace, ratio: float, n_lrs: int) -> list[str]:
     ]
 
 
+def seeds_per_sweep(test: pd.DataFrame) -> str:
+    """How many seeds the held-out sweeps average: '2', or '2-4' where the sweeps differ."""
+    counts = test.groupby(CONFIG)["seed"].nunique()
+    low, high = counts.min(), counts.max()
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
 def held_out_label(held: pd.DataFrame, axis: str) -> str:
     """'size N=...' or 'horizon D=...' of the held-out configurations."""
     value = held[axis].iloc[0]
@@ -448,7 +455,7 @@ def main() -> None:
           f"{diag['rhat_max']:.3f}, min bulk ESS {diag['ess_bulk_min']:.0f}, "
           f"{posterior.info.get('seconds')} s{fit_note}")
     print(f"held out: {held_out_label(held, axis)}, {len(held)} configurations, "
-          f"{test['seed'].nunique()} seed(s) per LR averaged{dense_note}\n")
+          f"{seeds_per_sweep(test)} seed(s) per LR averaged{dense_note}\n")
     detail = held[[*CONFIG, "lr_opt", "eta_median", "eta_lo90", "eta_hi90", "recommended",
                    "ols_lr", "same_lr"]].assign(
         bayes_regret_pct=scores["bayeslr"]["regret_pct"].to_numpy(),
