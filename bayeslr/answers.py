@@ -91,8 +91,10 @@ def draw(posterior: LRModel, targets: Any, *, seed: int = 0, include_residual: b
     extrapolation = _extrapolation(params, len(frame))
     if warn_beyond is not None:
         straight = getattr(posterior, "straight_extrapolation", None)
+        regime = getattr(posterior, "tokens_per_param_range", None)
         warn_extrapolation(frame, extrapolation, threshold=warn_beyond, stacklevel=4,
-                           straight=straight(frame) if straight is not None else None)
+                           straight=straight(frame) if straight is not None else None,
+                           tokens_per_param=regime() if regime is not None else None)
     return Draws(targets=frame, params=params, extrapolation=extrapolation)
 
 

@@ -168,6 +168,15 @@ class Posterior:
         outside = f.standardizer.overshoot(z) > 1e-9
         return [tuple(f.covariates[k] for k in straight if row[k]) for row in outside]
 
+    def tokens_per_param_range(self) -> tuple[float, float] | None:
+        """(lowest, highest) tokens per parameter (D / N) of the fitted runs, or None when the
+        law does not use both n_params and tokens."""
+        runs, needed = self.features.runs, set(SIZE_COVARIATES)
+        if not needed <= set(self.covariates) or not needed <= set(runs):
+            return None
+        ratio = runs["tokens"].to_numpy(float) / runs["n_params"].to_numpy(float)
+        return float(ratio.min()), float(ratio.max())
+
     def draw_curve_params(self, targets: pd.DataFrame, *, seed: int = 0,
                           include_residual: bool = True) -> xr.Dataset:
         """Posterior predictive draws of log eta* and the curve shape at new configurations.

@@ -202,10 +202,14 @@ def _known_family(name: Any, known: Sequence[str]) -> str | None:
 
 def warn_extrapolation(frame: pd.DataFrame, extrapolation: Sequence[float], *,
                        threshold: float = EXTRAPOLATION_WARN, stacklevel: int = 3,
-                       straight: Sequence[tuple[str, ...]] | None = None) -> None:
+                       straight: Sequence[tuple[str, ...]] | None = None,
+                       tokens_per_param: tuple[float, float] | None = None) -> None:
     """Warn (ExtrapolationWarning) about targets farther than `threshold` outside the data.
     `straight`: per target, the covariates along which the law extrapolates without a
-    quadratic term (Posterior.straight_extrapolation); named in the warning."""
+    quadratic term (Posterior.straight_extrapolation); named in the warning.
+    `tokens_per_param`: the fitted runs' (lowest, highest) D / N; targets trained for fewer
+    or more tokens per parameter are named, since the horizon and batch trends of the
+    optimum can change between such regimes (docs/transfer.md)."""
     far = [(i, d) for i, d in enumerate(extrapolation) if math.isfinite(d) and d > threshold]
     if not far:
         return
@@ -220,8 +224,32 @@ def warn_extrapolation(frame: pd.DataFrame, extrapolation: Sequence[float], *,
     warnings.warn(
         "extrapolating beyond the fitted sweeps — " + "; ".join(parts) + more
         + ". The intervals include the law's uncertainty there but rest on its functional "
-        "form; sweep closer to the target to confirm." + caveat,
+        "form; sweep closer to the target to confirm." + caveat
+        + _regime_caveat(frame, [i for i, _ in far], tokens_per_param),
         ExtrapolationWarning, stacklevel=stacklevel)
+
+
+def _regime_caveat(frame: pd.DataFrame, far: list[int],
+                   fitted: tuple[float, float] | None) -> str:
+    """A sentence naming the far targets trained for more or fewer tokens per parameter than
+    any fitted run ('' when none is, or the range is unknown)."""
+    if fitted is None or not {"tokens", "n_params"} <= set(frame):
+        return ""
+    ratio = frame["tokens"].to_numpy(float) / frame["n_params"].to_numpy(float)
+    outside = [i for i in far if not fitted[0] <= ratio[i] <= fitted[1]]
+    if not outside:
+        return ""
+    named = ", ".join(f"target {i} ({_short(ratio[i])})" for i in outside[:5])
+    return (f" Tokens per parameter: {named} against {_short(fitted[0])}-{_short(fitted[1])} "
+            "in the fitted sweeps. The horizon and batch trends of the optimum learned there "
+            "can change in another regime: on the shipped reference sweep AdamW's and "
+            "RMSprop's optima fell with the horizon at 4-16 tokens per parameter and not at "
+            "1.2 or fewer (docs/transfer.md).")
+
+
+def _short(value: float) -> str:
+    """Three significant digits, without an exponent below 1e6."""
+    return f"{value:.3g}" if value < 1000 or value >= 1e6 else f"{value:.0f}"
 
 
 def _describe(row: pd.Series) -> str:

@@ -20,8 +20,8 @@ For each dense configuration this prints, as LRs and as regret on the dense swee
 - the seed noise floor: a seed's own dense optimum on another seed's dense sweep;
 - how far above the dense optimum the sweep's stable LRs end (`cliff_decades`): the first LR
   whose seed-mean loss lies CLIFF_NATS above the optimum's, or where a seed diverged;
-- per optimizer and size, how the dense optima and the model's move with the horizon and the
-  batch size: the slopes of ln LR in ln D and ln B, fitted jointly over the six
+- per optimizer and size, how the dense, coarse and model optima move with the horizon and
+  the batch size: the slopes of ln LR in ln D and ln B, fitted jointly over the six
   configurations (the law's exponents, read size by size).
 
     python benchmarks/grid_resolution.py [SWEEPDIR ...] [--train-sizes 3] [--plot FILE.png]
@@ -140,9 +140,9 @@ def print_report(table: pd.DataFrame, completed: pd.DataFrame, divergence_loss: 
                "cliff_decades"]
     print(table.groupby(["optimizer", "n_params"])[columns].median().to_string(
         float_format=lambda v: f"{v:+.3f}"))
-    print("\nslopes of ln LR in ln D and ln B per optimizer and size, dense optima against the "
-          "model's:")
-    slopes = {name: trend_slopes(table, name) for name in ("dense", "model")}
+    print("\nslopes of ln LR in ln D and ln B per optimizer and size, of the dense, coarse and "
+          "model optima:")
+    slopes = {name: trend_slopes(table, name) for name in ("dense", "coarse", "model")}
     print(pd.concat(slopes, axis=1).to_string(float_format=lambda v: f"{v:+.2f}"))
     noise = seed_noise({seed: optima(runs) for seed, runs in completed.groupby("seed")},
                        divergence_loss)

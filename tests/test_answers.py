@@ -116,6 +116,16 @@ def test_the_warning_names_a_covariate_extrapolated_without_its_quadratic_term(p
         **FAR, "tokens": 3.2e9}])) == [(), (), ("tokens",)]
 
 
+def test_the_warning_names_targets_trained_for_other_tokens_per_parameter(posterior):
+    assert posterior.tokens_per_param_range() == pytest.approx((5e7 / 3.2e6, 2e8 / 2e5))
+    with pytest.warns(ExtrapolationWarning) as caught:
+        predict_lr(posterior, FAR, seed=0)  # 0.125 tokens per parameter
+    assert "Tokens per parameter: target 0 (0.125) against 15.6-1000" in str(caught[0].message)
+    with pytest.warns(ExtrapolationWarning) as caught:
+        predict_lr(posterior, {**FAR, "tokens": 1.6e11}, seed=0)  # 200, inside the range
+    assert "Tokens per parameter" not in str(caught[0].message)
+
+
 def test_unknown_optimizer_and_family_list_the_known_ones(posterior):
     for name in ("rmsprop", "adamx"):
         with pytest.raises(PosteriorError, match=r"known: adamw, sgd"):
