@@ -171,9 +171,9 @@ class Posterior:
     def tokens_per_param_range(self) -> tuple[float, float] | None:
         """(lowest, highest) tokens per parameter (D / N) of the fitted runs, or None when the
         law does not use both n_params and tokens."""
-        runs, needed = self.features.runs, set(SIZE_COVARIATES)
-        if not needed <= set(self.covariates) or not needed <= set(runs):
+        if not {"n_params", "tokens"} <= set(self.covariates):
             return None
+        runs = self.features.runs
         ratio = runs["tokens"].to_numpy(float) / runs["n_params"].to_numpy(float)
         return float(ratio.min()), float(ratio.max())
 

@@ -158,16 +158,15 @@ def print_report(table: pd.DataFrame, completed: pd.DataFrame, divergence_loss: 
 
 
 def trend_slopes(table: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Per optimizer and size, the least-squares slopes of ln `column` (an LR) in ln tokens
-    and ln batch size over that size's configurations."""
+    """Per optimizer and size, the exponents of `column` (an LR) in tokens and batch size: the
+    OLS power law of the transfer baseline, fitted to that size's configurations alone."""
     rows = {}
-    for key, group in table.groupby(["optimizer", "n_params"]):
-        design = np.column_stack([np.ones(len(group)),
-                                  *(np.log(group[c]) - np.log(group[c]).mean()
-                                    for c in ("tokens", "batch_size"))])
-        coef = np.linalg.lstsq(design, np.log(group[column]), rcond=None)[0]
-        rows[key] = {"d_slope": coef[1], "b_slope": coef[2]}
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["optimizer", "n_params"])
+    for size, group in table.groupby("n_params"):
+        law = fit_ols_law(group.assign(lr_argmin=group[column]), ("tokens", "batch_size"))
+        for optimizer, (_, d_slope, b_slope) in law.coefficients.items():
+            rows[(optimizer, size)] = {"d_slope": d_slope, "b_slope": b_slope}
+    return (pd.DataFrame.from_dict(rows, orient="index")
+            .rename_axis(["optimizer", "n_params"]).sort_index())
 
 
 def plot(table: pd.DataFrame, dense: pd.Series, coarse: pd.Series, path: str) -> None:
