@@ -47,25 +47,30 @@ class SweepOptimum:
     """ln LR range of the points the quadratic was fitted to."""
 
 
-def sweep_optimum(lr: Sequence[float], loss: Sequence[float],
-                  diverged: Sequence[bool]) -> SweepOptimum:
-    """Summarise one configuration's sweep; raises ModelError without 2 stable points below
-    its first divergence (see `stable_points`)."""
+def sweep_optimum(lr: Sequence[float], loss: Sequence[float], diverged: Sequence[bool], *,
+                  window: int = WINDOW) -> SweepOptimum:
+    """Summarise one configuration's sweep, its quadratic fitted to `window` stable points on
+    each side of the argmin; raises ModelError without 2 stable points below its first
+    divergence (see `stable_points`)."""
     points = stable_points(np.log(np.asarray(lr, float)), loss, diverged)
     x, y, best = points.log_lr, points.loss, points.best
     if len(x) < 2:
         raise ModelError(f"a sweep needs >= 2 stable runs below its first divergence to locate "
                          f"its optimum; got {len(x)} of {points.n_lrs} LRs")
-    lo, hi = points.window.start, points.window.stop
+    if window < 1:
+        raise ModelError(f"sweep_optimum: window must be >= 1 point on each side of the "
+                         f"argmin, got {window}")
+    around = points.around_best(window)
+    lo, hi = around.start, around.stop
     coef = _local_quadratic(x[lo:hi], y[lo:hi])
     if coef[0] <= 0:  # no convex curve around the argmin: read the grid as measured
         coef, lo, hi = np.array([0.0, 0.0, y[best]]), best, best + 1
-    window = (float(x[lo]), float(x[hi - 1]))
-    vertex = float(np.clip(-coef[1] / (2 * coef[0]), *window)) if coef[0] > 0 else x[best]
+    span = (float(x[lo]), float(x[hi - 1]))
+    vertex = float(np.clip(-coef[1] / (2 * coef[0]), *span)) if coef[0] > 0 else x[best]
     return SweepOptimum(lr_argmin=float(np.exp(x[best])), lr_opt=float(np.exp(vertex)),
                         loss_opt=float(np.polyval(coef, vertex)), log_lr=x, loss=y,
                         first_diverged_log_lr=points.first_diverged_log_lr, coef=coef,
-                        window=window)
+                        window=span)
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,11 @@ class StablePoints:
     @property
     def window(self) -> slice:
         """The points around the best one that the local quadratic is fitted to."""
-        return slice(max(0, self.best - WINDOW), min(len(self.loss), self.best + WINDOW + 1))
+        return self.around_best(WINDOW)
+
+    def around_best(self, width: int) -> slice:
+        """The best point and up to `width` points on each side of it."""
+        return slice(max(0, self.best - width), min(len(self.loss), self.best + width + 1))
 
 
 def stable_points(log_lr: Sequence[float], loss: Sequence[float],

@@ -35,7 +35,7 @@ LOG_ETA_REF_PRIOR = (math.log(3e-3), 1.0)
 """Mean and sd of TrueLaw.from_prior's ln eta* at REFERENCE, drawn per optimizer."""
 NOISE_MEDIAN = 0.03
 """Median loss noise (nats/token) of TrueLaw.from_prior. The seed-to-seed sd of the final
-validation loss in the shipped reference and dense sweeps is 0.041 (0.023-0.070 by sweep and
+validation loss in the shipped reference and dense sweeps is 0.040 (0.023-0.070 by sweep and
 optimizer or size; `python benchmarks/loss_noise.py`): the simulated sweeps sit a little on
 the precise side of our own."""
 

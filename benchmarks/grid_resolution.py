@@ -13,6 +13,10 @@ For each dense configuration this prints, as LRs and as regret on the dense swee
   seeds inside the dense range at 333k and AdamW's at 4.73M, two elsewhere);
 - the coarse optimum: sweep_optimum of the reference runs alone (what transfer.py scores
   against);
+- the thinned optimum: sweep_optimum of the dense sweep's own runs at the reference grid's LRs
+  (within 1%), completed as the dense optimum is: the coarse reading of the dense runs and
+  seeds, so that where it agrees with the coarse optimum and not with the dense one, the grid's
+  resolution makes the difference, not the runs;
 - the model's optimum: the posterior median of eta* from a fit to the reference sweep's
   `--train-sizes` smallest sizes, seed 0 (transfer.py's default fit): the configuration's own
   posterior at a fitted size, the prediction for a new configuration at a held-out size;
@@ -24,7 +28,12 @@ For each dense configuration this prints, as LRs and as regret on the dense swee
   the batch size: the slopes of ln LR in ln D and ln B, fitted jointly over the six
   configurations (the law's exponents, read size by size).
 
-    python benchmarks/grid_resolution.py [SWEEPDIR ...] [--train-sizes 3] [--plot FILE.png]
+    python benchmarks/grid_resolution.py [SWEEPDIR ...] [--train-sizes 3] [--window 2]
+                                         [--plot FILE.png]
+
+`--window K` fits the coarse and thinned readings' quadratic to K stable points on each side
+of the argmin (default 2, as transfer.py reads a sweep; on the reference grid, K = 2 spans 2
+decades and K = 1 one decade). The dense optimum keeps K = 2 (half a decade).
 
 `--plot` draws, for each optimizer and dense size, one configuration (the longest horizon,
 the largest batch): the stable points the dense and the coarse readings are taken from
@@ -49,11 +58,13 @@ import pandas as pd
 from transfer import CONFIG, COVARIATES, first_seed, optima, seed_noise, with_dense
 
 from bayeslr.answers import predict_lr
-from bayeslr.baselines import SweepOptimum, fit_ols_law, regret
+from bayeslr.baselines import WINDOW, SweepOptimum, fit_ols_law, regret
 from bayeslr.datasets import dense_jsonl, reference_jsonl
 from bayeslr.fit import as_table, fit
 from bayeslr.spec import ModelSpec
 
+READINGS = ("coarse", "thinned", "model", "ols")
+"""The readings of each dense configuration's optimum scored against its dense optimum."""
 CLIFF_NATS = 0.2
 """Rise of the seed-mean loss above a sweep's optimum that marks the end of its stable LRs
 (nats/token; about five times one run's loss noise, docs/model.md)."""
@@ -66,6 +77,9 @@ def parse_args() -> argparse.Namespace:
                              "bayeslr/data/dense_sweep.jsonl.gz)")
     parser.add_argument("--train-sizes", type=int, default=3,
                         help="fit the model and OLS on this many smallest sizes (default 3)")
+    parser.add_argument("--window", type=int, default=WINDOW,
+                        help="stable points on each side of the argmin that the coarse and "
+                             f"thinned readings' quadratic is fitted to (default {WINDOW})")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     parser.add_argument("--plot", help="write the per-optimizer and size figure (PNG)")
     return parser.parse_args()
@@ -92,13 +106,16 @@ def main() -> None:
     dense = pd.concat([as_table(path) for path in paths], ignore_index=True)
     completed = with_dense(reference.merge(dense[CONFIG].drop_duplicates(), on=CONFIG), dense)
     measured = optima(completed)
-    coarse = measured[CONFIG].merge(optima(reference.merge(measured[CONFIG], on=CONFIG)),
-                                    on=CONFIG, how="left")
+    coarse = measured[CONFIG].merge(
+        optima(reference.merge(measured[CONFIG], on=CONFIG), args.window), on=CONFIG, how="left")
+    thinned = measured[CONFIG].merge(
+        optima(on_grid(completed, reference), args.window), on=CONFIG, how="left")
     sizes = np.sort(reference["n_params"].unique())[:args.train_sizes]
     train = first_seed(reference[reference["n_params"].isin(sizes)])
     table = measured[CONFIG].assign(
         dense=measured["lr_opt"],
         coarse=coarse["lr_opt"],
+        thinned=thinned["lr_opt"],
         model=model_optima(train, measured, args.seed),
         ols=fit_ols_law(optima(train), COVARIATES).predict(measured),
         cliff_decades=[cliff_decades(opt) for opt in measured["opt"]])
@@ -109,6 +126,19 @@ def main() -> None:
     print_report(table, completed, divergence_loss)
     if args.plot:
         plot(table, measured["opt"], coarse["opt"], args.plot)
+
+
+def on_grid(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """The runs at an LR of their configuration's reference grid (within 1%), of the
+    configurations where they reach every LR of that grid (dense grids laid out on other LRs
+    have none of them inside their range)."""
+    grid = reference[[*CONFIG, "lr"]].drop_duplicates().rename(columns={"lr": "grid_lr"})
+    pairs = runs.reset_index().merge(grid, on=CONFIG)
+    pairs = pairs[np.abs(np.log(pairs["lr"] / pairs["grid_lr"])) < 0.01]
+    reached = pairs.groupby(CONFIG)["grid_lr"].nunique()
+    complete = reached.index[reached == grid.groupby(CONFIG)["grid_lr"].nunique()[reached.index]]
+    whole = pairs.set_index(CONFIG).index.isin(complete)
+    return runs.loc[pairs.loc[whole, "index"].unique()]
 
 
 def cliff_decades(opt: SweepOptimum) -> float:
@@ -123,9 +153,10 @@ def cliff_decades(opt: SweepOptimum) -> float:
 def score(table: pd.DataFrame, measured: pd.DataFrame, divergence_loss: float) -> None:
     """Add each reading's regret (% of the dense optimum's loss) on the dense sweep and its
     log10 ratio to the dense optimum, in place."""
-    for name in ("coarse", "model", "ols"):
+    for name in READINGS:
         table[f"{name}_regret_pct"] = [
             100 * regret(opt, lr, divergence_loss=divergence_loss) / opt.loss_opt
+            if np.isfinite(lr) else np.nan
             for opt, lr in zip(measured["opt"], table[name], strict=True)]
         table[f"{name}_log10"] = np.log10(table[name] / table["dense"])
 
@@ -136,13 +167,13 @@ def print_report(table: pd.DataFrame, completed: pd.DataFrame, divergence_loss: 
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print("\nmedians by optimizer and size (log10 LR / dense optimum; regret % on the dense "
           "sweep; cliff_decades: from the dense optimum up to the end of the stable LRs):")
-    columns = [*(f"{n}_{k}" for k in ("log10", "regret_pct") for n in ("coarse", "model", "ols")),
+    columns = [*(f"{n}_{k}" for k in ("log10", "regret_pct") for n in READINGS),
                "cliff_decades"]
     print(table.groupby(["optimizer", "n_params"])[columns].median().to_string(
         float_format=lambda v: f"{v:+.3f}"))
-    print("\nslopes of ln LR in ln D and ln B per optimizer and size, of the dense, coarse and "
-          "model optima:")
-    slopes = {name: trend_slopes(table, name) for name in ("dense", "coarse", "model")}
+    print("\nslopes of ln LR in ln D and ln B per optimizer and size, of the dense, thinned, "
+          "coarse and model optima:")
+    slopes = {name: trend_slopes(table, name) for name in ("dense", "thinned", "coarse", "model")}
     print(pd.concat(slopes, axis=1).to_string(float_format=lambda v: f"{v:+.2f}"))
     noise = seed_noise({seed: optima(runs) for seed, runs in completed.groupby("seed")},
                        divergence_loss)
@@ -161,7 +192,7 @@ def trend_slopes(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per optimizer and size, the exponents of `column` (an LR) in tokens and batch size: the
     OLS power law of the transfer baseline, fitted to that size's configurations alone."""
     rows = {}
-    for size, group in table.groupby("n_params"):
+    for size, group in table[table[column].notna()].groupby("n_params"):
         law = fit_ols_law(group.assign(lr_argmin=group[column]), ("tokens", "batch_size"))
         for optimizer, (_, d_slope, b_slope) in law.coefficients.items():
             rows[(optimizer, size)] = {"d_slope": d_slope, "b_slope": b_slope}

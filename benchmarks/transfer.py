@@ -37,7 +37,10 @@ AdamW's at 4.73M have four seeds): how much of a regret is the measurement's see
 The bayeslr LR scored is the posterior median of eta*; the risk-aware recommendation
 (bayeslr.decisions.recommend, default divergence cost) is scored alongside as `bayes_rec`.
 A sweep is read as bayeslr.baselines.sweep_optimum does: runs at LRs above the first diverged
-one are past the stability edge and not part of the curve.
+one are past the stability edge and not part of the curve. Under the fit's diagnostics the
+command prints how the fit reads the data: its loss noise sd and the scatter of the
+configurations' optima around the law (resid_sd), posterior medians (benchmarks/loss_noise.py
+measures the loss noise between seeds).
 
 Baselines scored the same way in the same run: an ordinary least-squares power law fitted per
 optimizer to the training configurations' grid argmins (the usual practice), and "the same LR
@@ -67,11 +70,12 @@ import numpy as np
 import pandas as pd
 
 from bayeslr.answers import predict_lr
-from bayeslr.baselines import SweepOptimum, fit_ols_law, regret, sweep_optimum
+from bayeslr.baselines import WINDOW, SweepOptimum, fit_ols_law, regret, sweep_optimum
 from bayeslr.datasets import dense_jsonl, reference_jsonl
 from bayeslr.decisions import recommend
 from bayeslr.errors import ModelError
 from bayeslr.fit import as_table, fit
+from bayeslr.posterior import Posterior
 from bayeslr.spec import ModelSpec
 
 COVARIATES = ("n_params", "tokens", "batch_size")
@@ -178,12 +182,13 @@ def one_seed(table: pd.DataFrame, seed: str | None) -> pd.DataFrame:
     return table[table["seed"] == seeds[seed]]
 
 
-def optima(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (CONFIG) with its SweepOptimum."""
+def optima(table: pd.DataFrame, window: int = WINDOW) -> pd.DataFrame:
+    """One row per configuration (CONFIG) with its SweepOptimum (its quadratic fitted to
+    `window` stable points on each side of the argmin)."""
     rows = []
     for key, runs in table.groupby(CONFIG):
         try:
-            opt = sweep_optimum(runs["lr"], runs["loss"], runs["diverged"])
+            opt = sweep_optimum(runs["lr"], runs["loss"], runs["diverged"], window=window)
         except ModelError as err:  # too few stable runs: the configuration cannot be scored
             print(f"skipped configuration {key}: {err}")
             continue
@@ -233,6 +238,15 @@ def print_by_optimizer(held: pd.DataFrame, scores: dict[str, pd.DataFrame],
         bayeslr_log10_offset=("offset", "median"),
         covered90=("covered90", "sum"), n=("covered90", "size"))
     print("median regret by optimizer:\n" + summary.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+def fit_scales(posterior: Posterior) -> str:
+    """The fit's loss noise (nats/token) and its configurations' scatter around the law (ln
+    LR), posterior medians: what it takes for measurement noise and for law error."""
+    post = posterior.idata.posterior.dataset
+    return (f"fit reads: loss noise sd {float(post['noise_sd'].median()):.3f} nats, scatter "
+            f"of the configurations' optima around the law (resid_sd) "
+            f"{float(post['resid_sd'].median()):.3f} in ln LR (posterior medians)")
 
 
 def unmeasured(opt: SweepOptimum, lr: float) -> bool:
@@ -454,6 +468,7 @@ def main() -> None:
           f"{[f'{d:.3g}' for d in horizons]}; max R-hat "
           f"{diag['rhat_max']:.3f}, min bulk ESS {diag['ess_bulk_min']:.0f}, "
           f"{posterior.info.get('seconds')} s{fit_note}")
+    print(fit_scales(posterior))
     print(f"held out: {held_out_label(held, axis)}, {len(held)} configurations, "
           f"{seeds_per_sweep(test)} seed(s) per LR averaged{dense_note}\n")
     detail = held[[*CONFIG, "lr_opt", "eta_median", "eta_lo90", "eta_hi90", "recommended",

@@ -75,6 +75,21 @@ def test_seeds_at_one_lr_are_averaged_and_any_divergence_counts():
     assert measured_loss(edge, lr[lr > 0.01][0]) == np.inf
 
 
+def test_a_narrower_window_reads_an_asymmetric_curve_closer_to_its_optimum():
+    """Quadratic near the optimum, flat from a factor e below it (a long run's loss
+    barely rising at small LRs): points two grid steps away pull a 5-point quadratic's
+    vertex towards the flat side; the 3-point one is exact. Grid step: a factor 3.16."""
+    u = np.log(GRID) - np.log(2e-3)
+    loss = 2.0 + 0.1 * np.minimum(u, 0.0).clip(-1.0) ** 2 + 0.1 * np.maximum(u, 0.0) ** 2
+    wide = sweep_optimum(GRID, loss, np.zeros(9, bool))
+    narrow = sweep_optimum(GRID, loss, np.zeros(9, bool), window=1)
+    assert narrow.lr_opt == pytest.approx(2e-3, rel=1e-6)
+    assert wide.lr_opt < 0.8 * 2e-3
+    assert narrow.window[1] - narrow.window[0] == pytest.approx(np.log(10))  # two steps
+    with pytest.raises(ModelError, match="window must be >= 1"):
+        sweep_optimum(GRID, loss, np.zeros(9, bool), window=0)
+
+
 def test_a_non_convex_neighbourhood_falls_back_to_the_grid():
     loss = np.array([2.40, 2.45, 2.46, 2.47, 2.48, 2.49, 2.5, 2.6, 2.7])  # flattening: concave
     opt = sweep_optimum(GRID, loss, np.zeros(9, bool))

@@ -179,8 +179,8 @@ def test_shipped_plans_load_with_unique_runs(name):
 
 def test_shipped_dense_sweep_is_exactly_its_plans_runs():
     plans = sorted(SHIPPED_PLANS.glob("*dense*.toml"))
-    assert len(plans) == 7
+    assert len(plans) == 8
     planned = {spec.run_id for path in plans for spec in load_plan(path).specs}
     runs = as_table(dense_jsonl())
-    assert len(planned) == 2868
+    assert len(planned) == 2940
     assert set(runs["run_id"]) == planned and runs["run_id"].is_unique
