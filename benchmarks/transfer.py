@@ -37,7 +37,9 @@ AdamW's at 4.73M have four seeds): how much of a regret is the measurement's see
 The bayeslr LR scored is the posterior median of eta*; the risk-aware recommendation
 (bayeslr.decisions.recommend, default divergence cost) is scored alongside as `bayes_rec`.
 A sweep is read as bayeslr.baselines.sweep_optimum does: runs at LRs above the first diverged
-one are past the stability edge and not part of the curve. Under the fit's diagnostics the
+one are past the stability edge and not part of the curve, and the optimum is the vertex of a
+quadratic through the stable points around the argmin, `--window` (default 2) on each side.
+Under the fit's diagnostics the
 command prints how the fit reads the data: its loss noise sd and the scatter of the
 configurations' optima around the law (resid_sd), posterior medians (benchmarks/loss_noise.py
 measures the loss noise between seeds).
@@ -52,7 +54,7 @@ in GPU-hours and energy for a user-given target, with the assumptions printed.
     python benchmarks/transfer.py [--sweep FILE|DIR] [--hold-out size|horizon]
                                   [--train-sizes 3] [--held-size K] [--train-seed S|all]
                                   [--lr-kind lr|effective] [--no-curvature] [--dense]
-                                  [--dense-fit]
+                                  [--dense-fit] [--window 2]
                                   [--plot FILE.png]
 
 Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_ratio=<r>`
@@ -113,6 +115,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dense-fit", action="store_true",
                         help="fit the training sweeps that the shipped dense sweeps resample "
                              "(of 24.9k .. 4.73M) with their dense runs in")
+    parser.add_argument("--window", type=int, default=WINDOW,
+                        help="read each held-out sweep's optimum from a quadratic through "
+                             "this many stable points on each side of its argmin (default "
+                             f"{WINDOW})")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -316,8 +322,8 @@ def seed_noise(per_seed: dict[int, pd.DataFrame], divergence_loss: float) -> pd.
 
 
 def regret_by_seed_count(test: pd.DataFrame, held: pd.DataFrame, lrs: dict[str, np.ndarray],
-                         per_seed: dict[int, pd.DataFrame],
-                         divergence_loss: float) -> pd.DataFrame | None:
+                         per_seed: dict[int, pd.DataFrame], divergence_loss: float,
+                         window: int = WINDOW) -> pd.DataFrame | None:
     """Median regret (% of loss) of each method's LR (`lrs`: name -> LR per row of `held`)
     read against the mean of k of the held-out sweeps' seeds, for k = 1 .. all (columns),
     with a one-seed grid search's alongside (`one_seed_grid`: a seed's own optimum, from
@@ -336,7 +342,7 @@ def regret_by_seed_count(test: pd.DataFrame, held: pd.DataFrame, lrs: dict[str, 
     rows = []
     for k in range(1, len(seeds) + 1):
         for subset in itertools.combinations(seeds, k):
-            sweep = optima(test[full & test["seed"].isin(subset)]).set_index(CONFIG)
+            sweep = optima(test[full & test["seed"].isin(subset)], window).set_index(CONFIG)
             sweep = sweep.join(chosen, how="inner")
             others = {f"seed {a}": own[a] for a in seeds if a not in subset}
             method = {**{name: name for name in lrs}, **dict.fromkeys(others, "one_seed_grid")}
@@ -446,7 +452,7 @@ def main() -> None:
     ratio = compute_ratio(train, test, n_lrs)
     test, dense_note = (dense_resampled(test, dense, "scored against") if args.dense
                         else (test, ""))
-    held = optima(test)
+    held = optima(test, args.window)
     train_optima = optima(train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -486,12 +492,12 @@ def main() -> None:
           f"configurations")
     print_by_optimizer(held, scores, covered)
     print_reading_caveats(held, scores)
-    per_seed = {seed: optima(runs) for seed, runs in test.groupby("seed")}
+    per_seed = {seed: optima(runs, args.window) for seed, runs in test.groupby("seed")}
     print_first_seed(per_seed[min(per_seed)], held, divergence_loss)
     noise = seed_noise(per_seed, divergence_loss)
     by_seeds = regret_by_seed_count(test, held, {name: s["lr"].to_numpy()
                                                  for name, s in scores.items()},
-                                    per_seed, divergence_loss)
+                                    per_seed, divergence_loss, args.window)
     if by_seeds is not None:
         print(f"median regret (%) read against the mean of k seeds' sweeps (k = columns; "
               f"over the configurations with all {test['seed'].nunique()} seeds and the "
