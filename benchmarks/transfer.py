@@ -39,10 +39,9 @@ The bayeslr LR scored is the posterior median of eta*; the risk-aware recommenda
 A sweep is read as bayeslr.baselines.sweep_optimum does: runs at LRs above the first diverged
 one are past the stability edge and not part of the curve, and the optimum is the vertex of a
 quadratic through the stable points around the argmin, `--window` (default 2) on each side.
-Under the fit's diagnostics the
-command prints how the fit reads the data: its loss noise sd and the scatter of the
-configurations' optima around the law (resid_sd), posterior medians (benchmarks/loss_noise.py
-measures the loss noise between seeds).
+Under the fit's diagnostics the command prints how the fit reads the data: its loss noise sd
+and the scatter of the configurations' optima around the law (resid_sd), posterior medians
+(benchmarks/loss_noise.py measures the loss noise between seeds).
 
 Baselines scored the same way in the same run: an ordinary least-squares power law fitted per
 optimizer to the training configurations' grid argmins (the usual practice), and "the same LR
