@@ -41,7 +41,8 @@ one are past the stability edge and not part of the curve, and the optimum is th
 quadratic through the stable points around the argmin, `--window` (default 2) on each side.
 Under the fit's diagnostics the command prints how the fit reads the data: its loss noise sd
 and the scatter of the configurations' optima around the law (resid_sd), posterior medians
-(benchmarks/loss_noise.py measures the loss noise between seeds).
+(benchmarks/loss_noise.py measures the loss noise between seeds), and the training runs'
+losses minus their fitted curves by distance from the optimum (`curve_residuals`).
 
 Baselines scored the same way in the same run: an ordinary least-squares power law fitted per
 optimizer to the training configurations' grid argmins (the usual practice), and "the same LR
@@ -70,6 +71,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from bayeslr import curve
 from bayeslr.answers import predict_lr
 from bayeslr.baselines import WINDOW, SweepOptimum, fit_ols_law, regret, sweep_optimum
 from bayeslr.datasets import dense_jsonl, reference_jsonl
@@ -252,6 +254,35 @@ def fit_scales(posterior: Posterior) -> str:
     return (f"fit reads: loss noise sd {float(post['noise_sd'].median()):.3f} nats, scatter "
             f"of the configurations' optima around the law (resid_sd) "
             f"{float(post['resid_sd'].median()):.3f} in ln LR (posterior medians)")
+
+
+CURVE_BINS = (-np.inf, -3.0, -1.5, -0.5, 0.5, 1.5, 3.0, np.inf)
+"""Bins of a run's ln LR minus its configuration's fitted ln eta* for `curve_residuals`."""
+
+
+def curve_residuals(posterior: Posterior) -> pd.DataFrame:
+    """Loss minus the fitted curve for every stable training run (nats/token), by distance from
+    its configuration's optimum (ln LR): count, mean and robust sd (1.4826 x the median
+    absolute deviation) per CURVE_BINS bin. The curve is each configuration's posterior
+    median optimum, curvatures and floor: where the asymmetric quadratic departs from the
+    sweeps, the mean moves off zero and the sd rises above the loss noise between seeds."""
+    post, f = posterior.idata.posterior.dataset, posterior.features
+    median = {name: post[name].median(("chain", "draw")).values
+              for name in (curve.LOG_ETA, curve.CURV_LEFT, curve.CURV_RIGHT, "loss_min")}
+    config = f.point_config
+    params = {name: median[name][config]
+              for name in (curve.LOG_ETA, curve.CURV_LEFT, curve.CURV_RIGHT)}
+    if curve.WALL in post:
+        params[curve.WALL] = post[curve.WALL].median(("chain", "draw")).values[
+            f.config_optimizer[config]]
+    residual = f.loss - median["loss_min"][config] - curve.loss_gap(f.log_lr, params)
+    stable = ~f.diverged
+    table = pd.DataFrame({"u": pd.cut(f.log_lr[stable] - params[curve.LOG_ETA][stable],
+                                      CURVE_BINS),
+                          "residual": residual[stable]})
+    return table.groupby("u", observed=True)["residual"].agg(
+        runs="size", mean="mean",
+        robust_sd=lambda r: 1.4826 * float(np.median(np.abs(r - r.median()))))
 
 
 def unmeasured(opt: SweepOptimum, lr: float) -> bool:
@@ -474,6 +505,10 @@ def main() -> None:
           f"{diag['rhat_max']:.3f}, min bulk ESS {diag['ess_bulk_min']:.0f}, "
           f"{posterior.info.get('seconds')} s{fit_note}")
     print(fit_scales(posterior))
+    print("fitted loss curves against the training runs (loss minus curve, nats/token), by ln "
+          "LR from the configuration's optimum:\n"
+          + curve_residuals(posterior).to_string(formatters={"mean": "{:+.3f}".format,
+                                                             "robust_sd": "{:.3f}".format}))
     print(f"held out: {held_out_label(held, axis)}, {len(held)} configurations, "
           f"{seeds_per_sweep(test)} seed(s) per LR averaged{dense_note}\n")
     detail = held[[*CONFIG, "lr_opt", "eta_median", "eta_lo90", "eta_hi90", "recommended",
