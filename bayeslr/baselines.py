@@ -92,11 +92,6 @@ class StablePoints:
         """Index of the lowest loss (0 when there are no points)."""
         return int(np.argmin(self.loss)) if len(self.loss) else 0
 
-    @property
-    def window(self) -> slice:
-        """The points around the best one that the local quadratic is fitted to."""
-        return self.around_best(WINDOW)
-
     def around_best(self, width: int) -> slice:
         """The best point and up to `width` points on each side of it."""
         return slice(max(0, self.best - width), min(len(self.loss), self.best + width + 1))

@@ -7,6 +7,8 @@ compute_log_likelihood. Only the per-run total is kept (memory: draws x runs flo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import xarray as xr
 from scipy.special import log_expit
@@ -28,15 +30,11 @@ def run_loglik(post: xr.Dataset, features: Features, spec: ModelSpec,
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
     flat = {name: post[name].values.reshape((n_chain * n_draw,) + post[name].shape[2:])
             for name in post.data_vars}
-    cfg = features.point_config
-    opt = features.config_optimizer[cfg]
-    params = {name: flat[name][:, cfg] for name in (curve.LOG_ETA, curve.CURV_LEFT,
-                                                    curve.CURV_RIGHT)}
-    if curve.WALL in flat:
-        params[curve.WALL] = flat[curve.WALL][:, opt]
+    opt = features.config_optimizer[features.point_config]
+    params = run_curve_params(flat, features)
     total = np.zeros((n_chain * n_draw, features.n_points))
     ok = ~features.diverged
-    mean = flat["loss_min"][:, cfg] + curve.loss_gap(features.log_lr, params)
+    mean = flat["loss_min"][:, features.point_config] + curve.loss_gap(features.log_lr, params)
     total[:, ok] = student_t.logpdf(features.loss[ok], df=spec.noise_nu, loc=mean[:, ok],
                                     scale=flat["noise_sd"][:, None])
     if spec.divergence:
@@ -47,3 +45,16 @@ def run_loglik(post: xr.Dataset, features: Features, spec: ModelSpec,
     values = total.reshape(n_chain, n_draw, features.n_points)
     return xr.Dataset({RUN: (("chain", "draw", DIMS.POINT), values)},
                       coords={"chain": post["chain"], "draw": post["draw"], DIMS.POINT: points})
+
+
+def run_curve_params(values: Mapping[str, np.ndarray],
+                     features: Features) -> dict[str, np.ndarray]:
+    """Each run's curve parameters (..., point) from the model's per-configuration values
+    (..., config: log eta*, curvatures) and per-optimizer wall (..., optimizer), as the
+    likelihood indexes them; `values` may hold posterior draws or a summary of them."""
+    cfg = features.point_config
+    params = {name: values[name][..., cfg] for name in (curve.LOG_ETA, curve.CURV_LEFT,
+                                                        curve.CURV_RIGHT)}
+    if curve.WALL in values:
+        params[curve.WALL] = values[curve.WALL][..., features.config_optimizer[cfg]]
+    return params

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bayeslr.baselines import stable_points
+from bayeslr.baselines import WINDOW, stable_points
 from bayeslr.features import Features
 
 MIN_FITS = 6
@@ -97,7 +97,7 @@ def _config_fit(features: Features, config: int) -> _Fit | None:
     its window."""
     runs = features.point_config == config
     points = stable_points(features.log_lr[runs], features.loss[runs], features.diverged[runs])
-    window = points.window
+    window = points.around_best(WINDOW)
     x, y, count = points.log_lr[window], points.loss[window], points.count[window]
     if len(x) < 3:
         return None

@@ -23,6 +23,7 @@ from bayeslr.errors import DataWarning, PosteriorError
 from bayeslr.features import Features, build_features
 from bayeslr.schema import DIMS
 from bayeslr.spec import SIZE_COVARIATES, ModelSpec
+from bayeslr.targets import tokens_per_param
 
 LAW_VARS = (law.INTERCEPT, law.SLOPE, law.FAMILY_INTERCEPT, law.FAMILY_SLOPE, law.CURVATURE,
             law.RESID_SD, "slope_spread", "log_curv_mean", "curv_asym", "curv_sd", curve.WALL,
@@ -173,8 +174,7 @@ class Posterior:
         law does not use both n_params and tokens."""
         if not {"n_params", "tokens"} <= set(self.covariates):
             return None
-        runs = self.features.runs
-        ratio = runs["tokens"].to_numpy(float) / runs["n_params"].to_numpy(float)
+        ratio = tokens_per_param(self.features.runs)
         return float(ratio.min()), float(ratio.max())
 
     def draw_curve_params(self, targets: pd.DataFrame, *, seed: int = 0,

@@ -235,7 +235,7 @@ def _regime_caveat(frame: pd.DataFrame, far: list[int],
     any fitted run ('' when none is, or the range is unknown)."""
     if fitted is None or not {"tokens", "n_params"} <= set(frame):
         return ""
-    ratio = frame["tokens"].to_numpy(float) / frame["n_params"].to_numpy(float)
+    ratio = tokens_per_param(frame)
     outside = [i for i in far if not fitted[0] <= ratio[i] <= fitted[1]]
     if not outside:
         return ""
@@ -245,6 +245,11 @@ def _regime_caveat(frame: pd.DataFrame, far: list[int],
             "can change in another regime: on the shipped reference sweep AdamW's and "
             "RMSprop's optima fell with the horizon at 4-16 tokens per parameter and not at "
             "1.2 or fewer (docs/transfer.md).")
+
+
+def tokens_per_param(frame: pd.DataFrame) -> np.ndarray:
+    """Training tokens per parameter (D / N) of each row."""
+    return frame["tokens"].to_numpy(float) / frame["n_params"].to_numpy(float)
 
 
 def _short(value: float) -> str:

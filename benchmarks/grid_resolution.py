@@ -136,7 +136,7 @@ def on_grid(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
     pairs = runs.reset_index().merge(grid, on=CONFIG)
     pairs = pairs[np.abs(np.log(pairs["lr"] / pairs["grid_lr"])) < 0.01]
     reached = pairs.groupby(CONFIG)["grid_lr"].nunique()
-    complete = reached.index[reached == grid.groupby(CONFIG)["grid_lr"].nunique()[reached.index]]
+    complete = reached.index[reached == grid.groupby(CONFIG).size().reindex(reached.index)]
     whole = pairs.set_index(CONFIG).index.isin(complete)
     return runs.loc[pairs.loc[whole, "index"].unique()]
 

@@ -78,6 +78,7 @@ from bayeslr.datasets import dense_jsonl, reference_jsonl
 from bayeslr.decisions import recommend
 from bayeslr.errors import ModelError
 from bayeslr.fit import as_table, fit
+from bayeslr.loglik import run_curve_params
 from bayeslr.posterior import Posterior
 from bayeslr.spec import ModelSpec
 
@@ -268,14 +269,10 @@ def curve_residuals(posterior: Posterior) -> pd.DataFrame:
     sweeps, the mean moves off zero and the sd rises above the loss noise between seeds."""
     post, f = posterior.idata.posterior.dataset, posterior.features
     median = {name: post[name].median(("chain", "draw")).values
-              for name in (curve.LOG_ETA, curve.CURV_LEFT, curve.CURV_RIGHT, "loss_min")}
-    config = f.point_config
-    params = {name: median[name][config]
-              for name in (curve.LOG_ETA, curve.CURV_LEFT, curve.CURV_RIGHT)}
-    if curve.WALL in post:
-        params[curve.WALL] = post[curve.WALL].median(("chain", "draw")).values[
-            f.config_optimizer[config]]
-    residual = f.loss - median["loss_min"][config] - curve.loss_gap(f.log_lr, params)
+              for name in (curve.LOG_ETA, curve.CURV_LEFT, curve.CURV_RIGHT, curve.WALL,
+                           "loss_min") if name in post}
+    params = run_curve_params(median, f)
+    residual = f.loss - median["loss_min"][f.point_config] - curve.loss_gap(f.log_lr, params)
     stable = ~f.diverged
     table = pd.DataFrame({"u": pd.cut(f.log_lr[stable] - params[curve.LOG_ETA][stable],
                                       CURVE_BINS),
