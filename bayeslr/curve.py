@@ -11,6 +11,13 @@ With u = log_lr - log_eta (distance from the optimum in natural-log LR units):
     P(diverge)  = logistic((u - div_offset) / div_scale)
 so the loss is smooth at the optimum, may rise faster on the high side (asymmetry and an
 optional cubic wall), and runs diverge beyond a boundary div_offset above the optimum.
+
+The saturating curve bounds each side: far below the optimum a run barely trains and its loss
+approaches `ceiling_low` (about the loss at initialisation); far above it the run stalls at
+`ceiling_high` (e.g. the unigram entropy of the corpus) instead of rising without bound. With
+the side's height h = ceiling - loss_min (kept positive, softly),
+    saturated_gap = gap * h / (h + gap)
+which is the quadratic near the optimum and tends to h far from it.
 """
 
 from __future__ import annotations
@@ -28,12 +35,20 @@ CURV_RIGHT = "curv_right"
 """Loss increase per squared natural-log unit above the optimum (nats/token)."""
 WALL = "wall"
 """Cubic wall on the high side, per natural-log unit (0 or absent: plain quadratic)."""
+CEIL_LOW = "ceiling_low"
+"""Loss the curve approaches far below the optimum (nats/token; saturating curve only)."""
+CEIL_HIGH = "ceiling_high"
+"""Loss the curve approaches far above the optimum (nats/token; saturating curve only)."""
+LOSS_MIN = "loss_min"
+"""The configuration's loss at its optimum (nats/token); the saturating curve needs it."""
+SOFTNESS = 0.05
+"""Width (nats/token) over which a side's height ceiling - loss_min is kept above zero."""
 DIV_OFFSET = "div_offset"
 """Distance of the divergence boundary above the optimum (natural-log units)."""
 DIV_SCALE = "div_scale"
 """Width of the logistic divergence transition (natural-log units)."""
 
-SHAPE_PARAMS = (CURV_LEFT, CURV_RIGHT, WALL, DIV_OFFSET, DIV_SCALE)
+SHAPE_PARAMS = (CURV_LEFT, CURV_RIGHT, WALL, CEIL_LOW, CEIL_HIGH, DIV_OFFSET, DIV_SCALE)
 
 
 def loss_gap(log_lr: Any, params: Mapping[str, Any]) -> Any:
@@ -41,10 +56,22 @@ def loss_gap(log_lr: Any, params: Mapping[str, Any]) -> Any:
     u = log_lr - params[LOG_ETA]
     low = (u - abs(u)) * 0.5  # min(u, 0)
     high = (u + abs(u)) * 0.5  # max(u, 0)
+    left = params[CURV_LEFT] * low**2
     right = params[CURV_RIGHT] * high**2
     if WALL in params:
         right = right * (1.0 + params[WALL] * high)
-    return params[CURV_LEFT] * low**2 + right
+    if CEIL_LOW in params:
+        left = _saturate(left, params[CEIL_LOW] - params[LOSS_MIN])
+        right = _saturate(right, params[CEIL_HIGH] - params[LOSS_MIN])
+    return left + right
+
+
+def _saturate(gap: Any, height: Any) -> Any:
+    """`gap` bounded by `height` (nats/token): gap near zero, height far away; the height is
+    made positive smoothly (a configuration whose loss floor lies above a ceiling has a side
+    that is almost flat)."""
+    height = 0.5 * (height + (height * height + SOFTNESS**2) ** 0.5)
+    return gap * height / (height + gap)
 
 
 def divergence_prob(log_lr: Any, params: Mapping[str, Any]) -> Any:

@@ -5,8 +5,9 @@ In standardized units z (see design.py), for a configuration with optimizer o an
 
     mean log eta* = a_o + a_f + sum_k (b_ok + b_fk) z_k + sum_j c_j q_j
 
-where q_j are the curvature columns (z_N^2, z_D^2, z_N z_D). Arrays may carry leading sample
-dimensions (...); only indexing with [..., idx], products and sums over the last axis are used.
+where q_j are the curvature columns (z_N^2, z_D^2, z_N z_D), and c_j becomes c_j + c_oj with
+per-optimizer curvature. Arrays may carry leading sample dimensions (...); only indexing with
+[..., idx], products and sums over the last axis are used.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ FAMILY_SLOPE = "family_slope"
 """(family, covariate) slope offsets per architecture family."""
 CURVATURE = "curvature"
 """(term,) coefficients of the curvature columns (standardized units)."""
+CURVATURE_OPTIMIZER = "curvature_optimizer"
+"""(optimizer, term) departures of each optimizer's curvature coefficients from the shared
+ones (present with ModelSpec.optimizer_curvature and >= 2 optimizers)."""
 RESID_SD = "resid_sd"
 """Scatter of a configuration's log eta* around the law (natural-log units)."""
 
@@ -51,5 +55,8 @@ def law_mean(theta: Mapping[str, Any], z: Any, q: Any, opt: Any, fam: Any) -> An
     if SLOPE in theta:
         out = out + (config_slope(theta, opt, fam) * z).sum(axis=-1)
     if CURVATURE in theta:
-        out = out + (theta[CURVATURE][..., None, :] * q).sum(axis=-1)
+        coefficients = theta[CURVATURE][..., None, :]
+        if CURVATURE_OPTIMIZER in theta:
+            coefficients = coefficients + theta[CURVATURE_OPTIMIZER][..., opt, :]
+        out = out + (coefficients * q).sum(axis=-1)
     return out

@@ -57,4 +57,8 @@ def run_curve_params(values: Mapping[str, np.ndarray],
                                                         curve.CURV_RIGHT)}
     if curve.WALL in values:
         params[curve.WALL] = values[curve.WALL][..., features.config_optimizer[cfg]]
+    if curve.CEIL_LOW in values:
+        params[curve.LOSS_MIN] = values[curve.LOSS_MIN][..., cfg]
+        for name in (curve.CEIL_LOW, curve.CEIL_HIGH):
+            params[name] = np.asarray(values[name])[..., None]
     return params

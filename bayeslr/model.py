@@ -92,7 +92,7 @@ def build_model(features: Features, priors: ModelPriors, spec: ModelSpec, *,
     centred = parameterization(features) if centred is None else centred
     with pm.Model(coords=model_coords(features)) as model:
         data = _data(features)
-        theta = _law_parameters(features, priors, centred)
+        theta = _law_parameters(features, priors, spec, centred)
         log_eta = law.law_mean(theta, data["z"], data["q"], data["opt"], data["fam"])
         resid_sd = _prior(law.RESID_SD, priors["resid_sd"])
         log_eta = _normal("log_eta_free", log_eta, resid_sd, DIMS.CONFIG, centred | (
@@ -116,10 +116,12 @@ def compile_key(features: Features, priors: ModelPriors, spec: ModelSpec, *,
     coords = {k: v for k, v in model_coords(features).items()
               if k not in (DIMS.POINT, DIMS.OBSERVED)}
     table = {name: (p.dist, p.mu, p.sigma) for name, p in sorted(priors.table.items())
-             if not name.startswith("intercept.")}  # these and the curv mean are pm.Data
-    table["curv"] = (priors["curv"].dist, priors["curv"].sigma)
+             if not name.startswith("intercept.")}  # these and the means below are pm.Data
+    for name in ("curv", curve.CEIL_LOW, curve.CEIL_HIGH):
+        table[name] = (priors[name].dist, priors[name].sigma)
     arrays = [priors.slope_mu, priors.slope_sd, priors.slope_spread, priors.family_spread,
-              priors.curvature_sd, np.asarray(features.standardizer.scale, float)]
+              priors.curvature_sd, priors.curvature_spread,
+              np.asarray(features.standardizer.scale, float)]
     return repr((spec, sorted(centred), coords, features.rho is None,
                  table, [a.tolist() for a in arrays]))
 
@@ -159,9 +161,10 @@ def _prior(name: str, prior: Prior, *, dims: str | tuple | None = None,
     return pm.LogNormal(name, mu, sigma, dims=dims)
 
 
-def _law_parameters(features: Features, priors: ModelPriors,
+def _law_parameters(features: Features, priors: ModelPriors, spec: ModelSpec,
                     centred: frozenset) -> dict[str, pt.TensorVariable]:
-    """Intercepts per optimizer, pooled slopes and family offsets, curvature coefficients."""
+    """Intercepts per optimizer, pooled slopes and family offsets, curvature coefficients
+    (with per-optimizer departures when the spec asks for them)."""
     raw = pm.Normal("intercept_raw", 0.0, 1.0, dims=DIMS.OPTIMIZER)
     mu = pm.Data("prior_intercept_mu", priors.intercept_mu, dims=DIMS.OPTIMIZER)
     sd = pm.Data("prior_intercept_sd", priors.intercept_sd, dims=DIMS.OPTIMIZER)
@@ -191,6 +194,14 @@ def _law_parameters(features: Features, priors: ModelPriors,
     if features.terms:
         theta[law.CURVATURE] = pm.Normal(law.CURVATURE, 0.0, priors.curvature_sd,
                                          dims=DIMS.TERM)
+        if spec.optimizer_curvature and n_opt > 1:
+            spread = _prior("curvature_spread", priors["curvature_spread"], dims=DIMS.TERM,
+                            mu=priors.curvature_spread)
+            raw = pm.ZeroSumNormal("curvature_optimizer_raw", 1.0,
+                                   dims=(DIMS.TERM, DIMS.OPTIMIZER))
+            theta[law.CURVATURE_OPTIMIZER] = pm.Deterministic(
+                law.CURVATURE_OPTIMIZER, spread[None, :] * raw.T,
+                dims=(DIMS.OPTIMIZER, DIMS.TERM))
     return theta
 
 
@@ -241,6 +252,10 @@ def _curve_parameters(features: Features, priors: ModelPriors, spec: ModelSpec,
     }
     if spec.curve == "wall":
         shape[curve.WALL] = _prior(curve.WALL, priors["wall"], dims=DIMS.OPTIMIZER)[data["opt"]]
+    if spec.curve == "saturating":
+        for name in (curve.CEIL_LOW, curve.CEIL_HIGH):
+            mu = pm.Data(f"prior_{name}_mu", priors[name].mu)
+            shape[name] = pm.Normal(name, mu, priors[name].sigma)
     shape["loss_min"] = _normal("loss_min", data["loss_floor"], priors["loss_min_sd"].sigma,
                                 DIMS.CONFIG, centred)
     if spec.divergence:
@@ -282,8 +297,9 @@ def _likelihood(priors: ModelPriors, spec: ModelSpec, data: dict[str, pt.TensorV
                 for n in names if n in per_config}
 
     at_ok = at(data["observed_config"], (curve.LOG_ETA, curve.CURV_LEFT, curve.CURV_RIGHT,
-                                         curve.WALL, "loss_min"))
-    mean = at_ok["loss_min"] + curve.loss_gap(data["log_lr_observed"], at_ok)
+                                         curve.WALL, curve.CEIL_LOW, curve.CEIL_HIGH,
+                                         curve.LOSS_MIN))
+    mean = at_ok[curve.LOSS_MIN] + curve.loss_gap(data["log_lr_observed"], at_ok)
     noise_sd = _prior("noise_sd", priors["noise_sd"])
     pm.StudentT("loss", nu=spec.noise_nu, mu=mean, sigma=noise_sd, observed=data["loss_obs"],
                 dims=DIMS.OBSERVED)

@@ -98,6 +98,9 @@ def _config_draws(posterior: Any, config_id: str) -> dict[str, np.ndarray]:
         out[name] = post[name].sel({DIMS.CONFIG: config_id}).values.reshape(-1)
     if curve.WALL in post:
         out[curve.WALL] = post[curve.WALL].sel({DIMS.OPTIMIZER: opt}).values.reshape(-1)
+    for name in (curve.CEIL_LOW, curve.CEIL_HIGH):
+        if name in post:
+            out[name] = post[name].values.reshape(-1)
     return out
 
 

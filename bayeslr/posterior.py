@@ -186,7 +186,9 @@ class Posterior:
         around the law (the prediction for a run you will actually do); False gives the law's
         own uncertainty. Returns dims (sample, target) with log_eta, log_eta_law and the
         parameters of bayeslr.curve; `extrapolation` (attr and coordinate) is the distance of
-        each target outside the training data (standardized units, 0 inside).
+        each target outside the training data (standardized units, 0 inside). A saturating
+        curve's ceilings are left out: a target's loss floor is not modelled, and the
+        unbounded quadratic can only overstate a gap.
         """
         f = self.features
         design = target_design(targets, standardizer=f.standardizer, terms=f.terms,
@@ -276,7 +278,8 @@ def _with_new_family(post: dict[str, np.ndarray], rng: np.random.Generator,
                      n_families: int) -> dict[str, np.ndarray]:
     """Law parameters; with several families, a drawn 'new family' is appended last, so
     family index -1 (a family not in the data) picks it."""
-    theta = {k: post[k] for k in (law.INTERCEPT, law.SLOPE, law.CURVATURE) if k in post}
+    theta = {k: post[k] for k in (law.INTERCEPT, law.SLOPE, law.CURVATURE,
+                                  law.CURVATURE_OPTIMIZER) if k in post}
     if n_families < 2 or law.FAMILY_INTERCEPT not in post:
         return theta
     n = len(post[law.INTERCEPT])

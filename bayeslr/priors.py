@@ -77,6 +77,9 @@ DEFAULT_PRIORS: dict[str, Prior] = {
     "intercept": Prior("normal", math.log(1e-3), 3.0, "default: log eta* at the data centre"),
     "curvature": Prior("normal", 0.0, 0.05, "default: Yang et al. 2026 curvature, ~0.3 nats "
                        "over a 100x range"),
+    "curvature_spread": Prior("lognormal", math.log(0.02), 0.8, "default: optimizers' "
+                              "curvature coefficients differ by a fraction of the curvature "
+                              "prior's sd; zero-avoiding"),
     "resid_sd": Prior("lognormal", math.log(0.12), 0.7, "default: configs scatter 4-40% around "
                       "any law (seeds, untuned settings); zero-avoiding"),
     "curv": Prior("lognormal", math.log(0.05), 1.5, "default: geometric mean of the loss "
@@ -84,6 +87,10 @@ DEFAULT_PRIORS: dict[str, Prior] = {
     "curv_asym": Prior("normal", 0.3, 0.7, "default: high side a little steeper"),
     "curv_sd": Prior("lognormal", math.log(0.2), 0.7, "default; zero-avoiding"),
     "wall": Prior("lognormal", math.log(0.5), 1.0, "default"),
+    "ceiling_low": Prior("normal", 5.0, 2.0, "default: loss of a run that barely trains "
+                         "(near the loss at initialisation, ln vocab for a uniform start)"),
+    "ceiling_high": Prior("normal", 4.0, 2.0, "default: loss of a run that stalls above the "
+                          "optimum"),
     "loss_min_sd": Prior("halfnormal", 0.0, 0.5, "default: spread of a config's minimum loss "
                          "around its lowest observed loss"),
     "noise_sd": Prior("halfnormal", 0.0, 0.1, "default"),
@@ -125,6 +132,8 @@ def merged_priors(features: Features, spec: ModelSpec) -> dict[str, Prior]:
     """All priors by name after merging user > published > data-driven > default."""
     defaults = _expand(DEFAULT_PRIORS, features.optimizers)
     data = data_driven_priors(features)
+    if spec.curve == "saturating":
+        data.update(_ceiling_priors(features))
     published = published_priors(spec.prior_law, features) if spec.prior_law else {}
     user = _user_priors(spec.user_priors, defaults, features.optimizers)
     return {**defaults, **data, **published, **user}
@@ -179,6 +188,7 @@ class ModelPriors:
     slope_spread: np.ndarray  # (K,) log-median of the optimizer spread (lognormal)
     family_spread: np.ndarray  # (K,) log-median of the family spread (lognormal)
     curvature_sd: np.ndarray  # (J,)
+    curvature_spread: np.ndarray  # (J,) log-median of the optimizer spread (lognormal)
 
     def __getitem__(self, name: str) -> Prior:
         return self.table[name]
@@ -200,6 +210,8 @@ def model_priors(features: Features, spec: ModelSpec) -> ModelPriors:
         family_spread=table["family_spread"].mu + np.log(scale),
         curvature_sd=np.array([table["curvature"].sigma * scale[i] * scale[j]
                                for i, j in features.terms]),
+        curvature_spread=np.array([table["curvature_spread"].mu + math.log(scale[i] * scale[j])
+                                   for i, j in features.terms]),
     )
 
 
@@ -246,3 +258,24 @@ def _typical_curvature(features: Features) -> float | None:
             if a > 0:
                 curvatures.append(a)
     return float(np.median(curvatures)) if curvatures else None
+
+
+def _ceiling_priors(features: Features) -> dict[str, Prior]:
+    """Ceilings centred on the median over configs of the highest loss observed below
+    (ceiling_low) and above (ceiling_high) the config's best LR."""
+    highest = {"ceiling_low": [], "ceiling_high": []}
+    ok = ~features.diverged
+    for c in range(features.n_configs):
+        sel = ok & (features.point_config == c)
+        if sel.sum() < 2:
+            continue
+        x, y = features.log_lr[sel], features.loss[sel]
+        best = x[np.argmin(y)]
+        for name, side in (("ceiling_low", x < best), ("ceiling_high", x > best)):
+            if side.any():
+                highest[name].append(y[side].max())
+    return {name: DEFAULT_PRIORS[name].with_values(
+                float(np.median(values)), 0.5,
+                f"data: median highest loss {'below' if name == 'ceiling_low' else 'above'} "
+                "a sweep's best LR")
+            for name, values in highest.items() if values}

@@ -21,7 +21,7 @@ COVARIATES = ("n_params", "tokens", "batch_size", "batch_tokens", "d_model", "n_
 SIZE_COVARIATES = ("n_params", "tokens")
 """Covariates that get the switchable quadratic and interaction (curvature) terms."""
 
-CURVES = ("quadratic", "wall")
+CURVES = ("quadratic", "wall", "saturating")
 LR_KINDS = ("lr", "effective")
 
 
@@ -36,9 +36,15 @@ class ModelSpec:
     curvature: bool = True
     """Add quadratic terms in log N and log D and their interaction (log eta* curving with
     scale); terms the data cannot identify are dropped with a warning."""
+    optimizer_curvature: bool = False
+    """Let each optimizer's curvature coefficients depart from the shared ones (zero-sum
+    departures with a fitted spread, as the optimizers' exponents): an optimizer whose
+    optimum bends with scale differently from the others."""
     curve: str = "quadratic"
-    """Shape of the loss in log LR around the optimum: 'quadratic' (asymmetric quadratic) or
-    'wall' (asymmetric quadratic plus a cubic wall on the high-LR side)."""
+    """Shape of the loss in log LR around the optimum: 'quadratic' (asymmetric quadratic),
+    'wall' (asymmetric quadratic plus a cubic wall on the high-LR side) or 'saturating'
+    (asymmetric quadratic whose sides level off at two fitted ceilings: the loss of a run that
+    barely trains and of one that stalls; for sweeps spanning decades of LR)."""
     divergence: bool = True
     """Use diverged runs through a divergence likelihood (logistic boundary above the optimum);
     False drops them."""

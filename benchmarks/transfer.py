@@ -80,7 +80,7 @@ from bayeslr.errors import ModelError
 from bayeslr.fit import as_table, fit
 from bayeslr.loglik import run_curve_params
 from bayeslr.posterior import Posterior
-from bayeslr.spec import ModelSpec
+from bayeslr.spec import CURVES, ModelSpec
 
 COVARIATES = ("n_params", "tokens", "batch_size")
 CONFIG = ["n_params", "optimizer", "tokens", "batch_size"]
@@ -111,6 +111,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--curvature", action=argparse.BooleanOptionalAction, default=True,
                         help="the law's quadratic and interaction terms in log N and log D "
                              "(ModelSpec.curvature; default on)")
+    parser.add_argument("--optimizer-curvature", action="store_true",
+                        help="per-optimizer curvature coefficients of the law "
+                             "(bayeslr.spec.ModelSpec.optimizer_curvature)")
+    parser.add_argument("--curve", choices=CURVES, default="quadratic",
+                        help="loss-vs-LR shape of the fitted model (bayeslr.spec.ModelSpec)")
+    parser.add_argument("--blowup-gap", type=float, default=ModelSpec.blowup_gap,
+                        help="nats/token above a sweep's best loss from which a run above its "
+                             "best LR counts as diverged (bayeslr.spec.ModelSpec)")
     parser.add_argument("--dense", action="store_true",
                         help="score the held-out sweeps that the shipped dense sweeps "
                              "resample (24.9k .. 4.73M) against those")
@@ -269,8 +277,8 @@ def curve_residuals(posterior: Posterior) -> pd.DataFrame:
     sweeps, the mean moves off zero and the sd rises above the loss noise between seeds."""
     post, f = posterior.idata.posterior.dataset, posterior.features
     median = {name: post[name].median(("chain", "draw")).values
-              for name in (curve.LOG_ETA, curve.CURV_LEFT, curve.CURV_RIGHT, curve.WALL,
-                           "loss_min") if name in post}
+              for name in (curve.LOG_ETA, *curve.SHAPE_PARAMS, curve.LOSS_MIN)
+              if name in post}
     params = run_curve_params(median, f)
     residual = f.loss - median["loss_min"][f.point_config] - curve.loss_gap(f.log_lr, params)
     stable = ~f.diverged
@@ -280,6 +288,36 @@ def curve_residuals(posterior: Posterior) -> pd.DataFrame:
     return table.groupby("u", observed=True)["residual"].agg(
         runs="size", mean="mean",
         robust_sd=lambda r: 1.4826 * float(np.median(np.abs(r - r.median()))))
+
+
+def fitted_optima(posterior: Posterior, table: pd.DataFrame, dense: pd.DataFrame,
+                  divergence_loss: float, window: int) -> str | None:
+    """How well the fit reads the optima of the sweeps it was fitted on: each training
+    configuration's own posterior optimum (median and 90% interval) scored on its dense
+    sweep, read with every seed of `table` and `dense` (None when no training configuration
+    was resampled)."""
+    first = posterior.features.runs.groupby("_config")[CONFIG].first()
+    own = posterior.configs()[["log_eta_q05", "log_eta_median", "log_eta_q95"]].join(first)
+    keys = dense[CONFIG].drop_duplicates().merge(own[CONFIG], on=CONFIG)
+    if keys.empty:
+        return None
+    measured = optima(with_dense(table.merge(keys, on=CONFIG), dense), window).merge(
+        own, on=CONFIG)
+    log_opt = np.log(measured["lr_opt"].to_numpy())
+    measured["log10_err"] = (measured["log_eta_median"] - log_opt) / math.log(10)
+    measured["regret_pct"] = [100 * regret(o, math.exp(m), divergence_loss=divergence_loss)
+                              / o.loss_opt
+                              for o, m in zip(measured["opt"], measured["log_eta_median"],
+                                              strict=True)]
+    covered = (measured["log_eta_q05"] <= log_opt) & (log_opt <= measured["log_eta_q95"])
+    by_opt = measured.groupby("optimizer")[["log10_err", "regret_pct"]].median()
+    per_optimizer = "; ".join(f"{name} {row.regret_pct:.2f}% ({row.log10_err:+.2f} decades)"
+                              for name, row in by_opt.iterrows())
+    return (f"the fit's own optima at the {len(measured)} training configurations that dense "
+            f"sweeps resample, on those sweeps: median |log10 err| "
+            f"{measured['log10_err'].abs().median():.3f}, median regret "
+            f"{measured['regret_pct'].median():.3f}% ({per_optimizer}); 90% intervals cover "
+            f"{int(covered.sum())} of {len(measured)}")
 
 
 def unmeasured(opt: SweepOptimum, lr: float) -> bool:
@@ -471,7 +509,9 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         posterior = fit(train, ModelSpec(covariates=COVARIATES, lr_kind=args.lr_kind,
-                                         curvature=args.curvature),
+                                         curvature=args.curvature, curve=args.curve,
+                                         blowup_gap=args.blowup_gap,
+                                         optimizer_curvature=args.optimizer_curvature),
                         draws=args.draws, tune=args.draws, chains=args.chains, seed=args.seed,
                         progressbar=False)
     diag = posterior.diagnostics()
@@ -506,6 +546,10 @@ def main() -> None:
           "LR from the configuration's optimum:\n"
           + curve_residuals(posterior).to_string(formatters={"mean": "{:+.3f}".format,
                                                              "robust_sd": "{:.3f}".format}))
+    own = (fitted_optima(posterior, table, dense, divergence_loss, args.window)
+           if dense is not None else None)
+    if own is not None:
+        print(own)
     print(f"held out: {held_out_label(held, axis)}, {len(held)} configurations, "
           f"{seeds_per_sweep(test)} seed(s) per LR averaged{dense_note}\n")
     detail = held[[*CONFIG, "lr_opt", "eta_median", "eta_lo90", "eta_hi90", "recommended",

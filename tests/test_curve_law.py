@@ -22,6 +22,21 @@ def test_loss_gap_oracle_values():
     np.testing.assert_allclose(walled, [0.2, 0.05, 0.0, 0.2 * 1.5, 0.8 * 2.0])
 
 
+def test_saturating_curve_levels_off_at_its_ceilings():
+    ceilings = {**PARAMS, "loss_min": 2.0, "ceiling_low": 3.0, "ceiling_high": 2.5}
+    u = np.array([-2.0, 0.0, 2.0, 1e3, -1e3])
+    gap = curve.loss_gap(-6.0 + u, ceilings)
+    low, high = 0.5 * (1 + (1 + 0.05**2) ** 0.5), 0.5 * (0.5 + (0.25 + 0.05**2) ** 0.5)
+    np.testing.assert_allclose(gap[:3], [0.2 * low / (low + 0.2), 0.0,
+                                         0.8 * high / (high + 0.8)])
+    np.testing.assert_allclose(gap[3:], [high, low], rtol=1e-3)  # far away: the ceilings
+    near = curve.loss_gap(-6.0 + np.array([-0.01, 0.01]), ceilings)
+    np.testing.assert_allclose(near, curve.loss_gap(-6.0 + np.array([-0.01, 0.01]), PARAMS),
+                               rtol=1e-3)  # the quadratic at the optimum
+    below_floor = curve.loss_gap(-4.0, {**ceilings, "ceiling_high": 1.5})
+    assert 0 < below_floor < 0.025  # a ceiling under the floor leaves that side almost flat
+
+
 def test_divergence_probability_is_a_logistic_boundary_above_the_optimum():
     p = curve.divergence_prob(np.array([-6.0, -5.0, -4.0]), PARAMS)
     np.testing.assert_allclose(p[1], 0.5)
@@ -43,7 +58,8 @@ def test_curve_and_law_are_the_same_formula_in_pytensor():
     n_opt, n_fam, k, j, n = 3, 2, 3, 2, 7
     theta = {law.INTERCEPT: rng.normal(size=n_opt), law.SLOPE: rng.normal(size=(n_opt, k)),
              law.FAMILY_INTERCEPT: rng.normal(size=n_fam),
-             law.FAMILY_SLOPE: rng.normal(size=(n_fam, k)), law.CURVATURE: rng.normal(size=j)}
+             law.FAMILY_SLOPE: rng.normal(size=(n_fam, k)), law.CURVATURE: rng.normal(size=j),
+             law.CURVATURE_OPTIMIZER: rng.normal(size=(n_opt, j))}
     z, q = rng.normal(size=(n, k)), rng.normal(size=(n, j))
     opt, fam = rng.integers(0, n_opt, n), rng.integers(0, n_fam, n)
     symbols = {name: pt.tensor(name, shape=(None,) * v.ndim) for name, v in theta.items()}
@@ -53,10 +69,11 @@ def test_curve_and_law_are_the_same_formula_in_pytensor():
     np.testing.assert_allclose(fn(*theta.values()), expected[0])
     by_hand = theta[law.INTERCEPT][opt] + theta[law.FAMILY_INTERCEPT][fam] + (
         (theta[law.SLOPE][opt] + theta[law.FAMILY_SLOPE][fam]) * z).sum(1) + q @ theta[
-        law.CURVATURE]
+        law.CURVATURE] + (q * theta[law.CURVATURE_OPTIMIZER][opt]).sum(1)
     np.testing.assert_allclose(expected[0], by_hand)
 
     x = pt.vector("x")
-    gap = pytensor.function([x], curve.loss_gap(x, {**PARAMS, "wall": 0.3}))
     grid = np.linspace(-9, -3, 13)
-    np.testing.assert_allclose(gap(grid), curve.loss_gap(grid, {**PARAMS, "wall": 0.3}))
+    for shape in ({"wall": 0.3}, {"loss_min": 2.0, "ceiling_low": 3.0, "ceiling_high": 2.5}):
+        gap = pytensor.function([x], curve.loss_gap(x, {**PARAMS, **shape}))
+        np.testing.assert_allclose(gap(grid), curve.loss_gap(grid, {**PARAMS, **shape}))

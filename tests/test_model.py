@@ -10,8 +10,9 @@ import pandas as pd
 import pymc as pm
 import pytest
 
+from bayeslr import curve
 from bayeslr.features import build_features
-from bayeslr.loglik import RUN
+from bayeslr.loglik import RUN, run_loglik
 from bayeslr.model import build_model, compile_key, parameterization
 from bayeslr.priors import model_priors
 from bayeslr.schema import DIMS
@@ -59,6 +60,8 @@ def test_compile_key_changes_with_structure_not_with_data():
     assert key(sweep(), ModelSpec(curvature=False)) != first
     assert key(sweep(), ModelSpec(priors={"resid_sd": (-2.0, 0.5)})) != first
     assert key(sweep(n_params=(1e5, 4e5, 1.6e6, 6.4e6))) != first
+    saturating = ModelSpec(curve="saturating")  # its data-driven ceilings are data too
+    assert key(sweep(seed=1), saturating) == key(sweep(), saturating) != first
 
 
 def test_effective_and_sharpness_variants_build():
@@ -76,17 +79,59 @@ def test_numpy_loglik_matches_pymc():
     features, spec = posterior.features, posterior.spec
     model = build_model(features, model_priors(features, spec), spec)
     thinned = posterior.idata.posterior.dataset.isel(draw=slice(0, None, 30))
+    ours = posterior.idata["log_likelihood"].dataset[RUN].isel(draw=slice(0, None, 30))
+    np.testing.assert_allclose(ours.values, pymc_run_loglik(model, thinned, features),
+                               rtol=1e-8, atol=1e-8)
+
+
+def pymc_run_loglik(model, draws, features) -> np.ndarray:
+    """PyMC's pointwise log-likelihood of `draws`, summed per run as bayeslr.loglik does."""
     import xarray as xr
 
-    tree = xr.DataTree.from_dict({"posterior": thinned})
+    tree = xr.DataTree.from_dict({"posterior": draws})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         pm.compute_log_likelihood(tree, model=model, progressbar=False)
     ll = tree["log_likelihood"].dataset
     expected = ll["diverged"].values.copy()
     expected[..., ~features.diverged] += ll["loss"].values
-    ours = posterior.idata["log_likelihood"].dataset[RUN].isel(draw=slice(0, None, 30))
-    np.testing.assert_allclose(ours.values, expected, rtol=1e-8, atol=1e-8)
+    return expected
+
+
+def test_saturating_curve_model_and_its_numpy_loglik():
+    spec = ModelSpec(curve="saturating")
+    features = features_of(sweep(), spec)
+    priors = model_priors(features, spec)
+    assert priors["ceiling_low"].source.startswith("data")
+    assert priors["ceiling_low"].mu > priors["ceiling_high"].mu > np.nanmin(features.loss)
+    model = build_model(features, priors, spec)
+    assert {"ceiling_low", "ceiling_high"} <= set(model.named_vars)
+    with model:
+        prior = pm.sample_prior_predictive(draws=20, random_seed=3).prior
+    ours = run_loglik(prior, features, spec, list(model.coords[DIMS.POINT]))[RUN]
+    np.testing.assert_allclose(ours.values, pymc_run_loglik(model, prior, features),
+                               rtol=1e-8, atol=1e-8)
+
+
+def test_saturating_fit_plots_its_own_curve_and_predicts():
+    from bayeslr.answers import predict_lr
+    from bayeslr.plots import lr_curve_data
+    from tests.model_support import quiet_fit
+
+    sim = sweep()
+    posterior = quiet_fit(sim, ModelSpec(curve="saturating"))
+    post = posterior.idata.posterior.dataset
+    data = lr_curve_data(posterior, max_configs=1, n_grid=50)
+    cid = data.configs.index[0]
+    draws = {name: post[name].sel({DIMS.CONFIG: cid}).values.reshape(-1, 1) for name in (
+        "log_eta", "curv_left", "curv_right", "loss_min")}
+    draws.update({name: post[name].values.reshape(-1, 1)
+                  for name in ("ceiling_low", "ceiling_high")})
+    shown = data.curves[data.curves["config_id"] == cid]
+    loss = draws["loss_min"] + curve.loss_gap(np.log(shown["lr"].to_numpy())[None, :], draws)
+    np.testing.assert_allclose(shown["median"], np.median(loss, axis=0), rtol=1e-9)
+    table = predict_lr(posterior, sim.frame().drop_duplicates("config_id").head(2), seed=0)
+    assert np.isfinite(table["eta_median"]).all()
 
 
 def test_predictions_use_the_models_law_exactly():
@@ -103,6 +148,24 @@ def test_predictions_use_the_models_law_exactly():
     theirs = model_law.values.reshape(-1, len(configs))
     np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(draws["extrapolation"].values, 0.0)
+
+
+def test_per_optimizer_curvature_departs_from_the_shared_terms_and_predicts_exactly():
+    from tests.model_support import quiet_fit
+
+    posterior = quiet_fit(sweep(), ModelSpec(optimizer_curvature=True))
+    post = posterior.idata.posterior.dataset
+    departures = post["curvature_optimizer"]
+    assert departures.dims[2:] == (DIMS.OPTIMIZER, DIMS.TERM)
+    np.testing.assert_allclose(departures.sum(DIMS.OPTIMIZER), 0.0, atol=1e-9)  # zero-sum
+    assert float(np.abs(departures).max()) > 0
+    model_law = post["log_eta_free"] - post["resid_sd"] * post["log_eta_free_raw"]
+    configs = posterior.configs()
+    targets = pd.DataFrame(configs[["n_params", "tokens", "batch_size", "optimizer"]])
+    draws = posterior.draw_curve_params(targets, include_residual=False)
+    np.testing.assert_allclose(draws["log_eta_law"].values,
+                               model_law.values.reshape(-1, len(configs)), rtol=1e-9,
+                               atol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["step_law", "porian", "deepseek"])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bayeslr.spec import CURVES
+
 HELP = "fit the Bayesian LR scaling model to a sweep and save the posterior (netCDF)"
 
 
@@ -26,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="covariates of the law (default n_params,tokens,batch_size)")
     model.add_argument("--no-curvature", action="store_true",
                        help="no quadratic / interaction terms in log N and log D")
-    model.add_argument("--curve", choices=("quadratic", "wall"), default="quadratic",
+    model.add_argument("--optimizer-curvature", action="store_true",
+                       help="let each optimizer's quadratic / interaction terms depart from the "
+                            "shared ones (partial pooling)")
+    model.add_argument("--curve", choices=CURVES, default="quadratic",
                        help="loss-vs-LR shape around the optimum (default quadratic)")
     model.add_argument("--no-divergence", action="store_true",
                        help="drop diverged runs instead of modelling them")
@@ -65,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
                              f"{', '.join(sorted(set(table['optimizer'])))}")
         table = table[table["optimizer"].isin(wanted)]
     spec = ModelSpec(covariates=tuple(c.strip() for c in args.covariates.split(",") if c.strip()),
-                     curvature=not args.no_curvature, curve=args.curve,
+                     curvature=not args.no_curvature,
+                     optimizer_curvature=args.optimizer_curvature, curve=args.curve,
                      divergence=not args.no_divergence, lr_kind=args.lr_kind,
                      prior_law=args.prior_law)
     with WarningLog() as messages:
