@@ -114,6 +114,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--optimizer-curvature", action="store_true",
                         help="per-optimizer curvature coefficients of the law "
                              "(bayeslr.spec.ModelSpec.optimizer_curvature)")
+    parser.add_argument("--prior", action="append", default=[], type=user_prior,
+                        metavar="NAME=MU,SIGMA",
+                        help="a user prior (names of bayeslr.priors.DEFAULT_PRIORS, natural "
+                             "units; a log-normal's MU is the log of its median); repeatable")
     parser.add_argument("--curve", choices=CURVES, default="quadratic",
                         help="loss-vs-LR shape of the fitted model (bayeslr.spec.ModelSpec)")
     parser.add_argument("--blowup-gap", type=float, default=ModelSpec.blowup_gap,
@@ -146,6 +150,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pue", type=float, default=1.2,
                         help="data-centre power usage effectiveness (default 1.2)")
     return parser.parse_args()
+
+
+def user_prior(text: str) -> tuple[str, tuple[float, float]]:
+    """'NAME=MU,SIGMA' -> (NAME, (MU, SIGMA)), for --prior."""
+    try:
+        name, values = text.split("=")
+        mu, sigma = (float(v) for v in values.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=MU,SIGMA, got {text!r}") from None
+    return name.strip(), (mu, sigma)
 
 
 def split(table: pd.DataFrame, hold_out: str, train_sizes: int, held_size: int | None = None,
@@ -511,7 +525,8 @@ def main() -> None:
         posterior = fit(train, ModelSpec(covariates=COVARIATES, lr_kind=args.lr_kind,
                                          curvature=args.curvature, curve=args.curve,
                                          blowup_gap=args.blowup_gap,
-                                         optimizer_curvature=args.optimizer_curvature),
+                                         optimizer_curvature=args.optimizer_curvature,
+                                         priors=dict(args.prior)),
                         draws=args.draws, tune=args.draws, chains=args.chains, seed=args.seed,
                         progressbar=False)
     diag = posterior.diagnostics()
