@@ -42,7 +42,11 @@ quadratic through the stable points around the argmin, `--window` (default 2) on
 Under the fit's diagnostics the command prints how the fit reads the data: its loss noise sd
 and the scatter of the configurations' optima around the law (resid_sd), posterior medians
 (benchmarks/loss_noise.py measures the loss noise between seeds), and the training runs'
-losses minus their fitted curves by distance from the optimum (`curve_residuals`).
+losses minus their fitted curves by distance from the optimum (`curve_residuals`); with
+`--dense`, also how far the fit's own optima at the training configurations that the dense
+sweeps resample lie from those sweeps' optima (`fitted_optima`).
+The model is the default ModelSpec with the covariates N, D and batch size;
+`--optimizer-curvature`, `--curve`, `--blowup-gap` and `--prior NAME=MU,SIGMA` change it.
 
 Baselines scored the same way in the same run: an ordinary least-squares power law fitted per
 optimizer to the training configurations' grid argmins (the usual practice), and "the same LR
@@ -53,7 +57,9 @@ in GPU-hours and energy for a user-given target, with the assumptions printed.
 
     python benchmarks/transfer.py [--sweep FILE|DIR] [--hold-out size|horizon]
                                   [--train-sizes 3] [--held-size K] [--train-seed S|all]
-                                  [--lr-kind lr|effective] [--no-curvature] [--dense]
+                                  [--lr-kind lr|effective] [--no-curvature]
+                                  [--optimizer-curvature] [--curve quadratic|wall|saturating]
+                                  [--blowup-gap 1.0] [--prior NAME=MU,SIGMA] [--dense]
                                   [--dense-fit] [--window 2]
                                   [--plot FILE.png]
 
