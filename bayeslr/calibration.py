@@ -33,6 +33,7 @@ from bayeslr.fit import CompiledModels, fit
 from bayeslr.oracle import oracle_pit
 from bayeslr.schema import DIMS
 from bayeslr.simulate import COVARIATES, NOISE_MEDIAN, SimulatedSweep, TrueLaw, simulate_sweep
+from bayeslr.spec import ModelSpec
 
 OPTIMIZERS = ("adamw", "sgd")
 N_PARAMS = (2e5, 8e5, 3.2e6)
@@ -183,20 +184,21 @@ def oracle_scores(data: SimulatedDataset, seed: int) -> tuple[dict[str, np.ndarr
 
 def calibration_dataset(seed: int, *, draws: int = 500, cores: int | None = None,
                         compiled: CompiledModels | None = None,
-                        noise_median: float = NOISE_MEDIAN) -> DatasetResult:
+                        noise_median: float = NOISE_MEDIAN,
+                        spec: ModelSpec | None = None) -> DatasetResult:
     """Simulate (simulated_dataset), fit (nutpie when installed; 4 chains x `draws` after as
     many tuning steps) and score one dataset; the seed fixes the data, the fit and the
     predictions. Pass one `compiled` to many calls to compile the model once (the datasets
     share its structure). `noise_median`: median loss noise of the simulated sweeps
-    (nats/token)."""
+    (nats/token). `spec`: the model fitted (default: ModelSpec())."""
     data = simulated_dataset(seed, noise_median=noise_median)
     law, sweep = data.law, data.sweep
     tg = data.targets.drop(columns=["true_law", "truth"])
     true_law, truth = (data.targets[c].to_numpy(float) for c in ("true_law", "truth"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        posterior = fit(sweep, draws=draws, tune=draws, chains=4, seed=seed, cores=cores,
-                        progressbar=False, compiled=compiled)
+        posterior = fit(sweep, spec, draws=draws, tune=draws, chains=4, seed=seed,
+                        cores=cores, progressbar=False, compiled=compiled)
     curve_draws = posterior.draw_curve_params(tg, seed=seed)
     log_eta = curve_draws["log_eta"].values  # (sample, target)
     law_draws = curve_draws["log_eta_law"].values

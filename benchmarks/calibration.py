@@ -34,7 +34,8 @@ to check that it covers the simulated targets at the nominal rate; its last line
 `oracle: coverage50=<x> coverage90=<y> targets=<n>`.
 
 Usage: python benchmarks/calibration.py [--datasets 120] [--seed 0] [--draws 500] [--workers 2]
-                                        [--noise-median 0.03] [--save DIR] [--oracle-only]
+                                        [--noise-median 0.03] [--optimizer-curvature]
+                                        [--save DIR] [--oracle-only]
 Last line: calibration: coverage50=<x> coverage90=<y> targets=<n>
 """
 
@@ -62,24 +63,26 @@ from bayeslr.calibration import (
 from bayeslr.errors import ModelError
 from bayeslr.fit import CompiledModels
 from bayeslr.simulate import NOISE_MEDIAN
+from bayeslr.spec import ModelSpec
 
 
-def _chunk(seeds: list[int], draws: int, cores: int,
-           noise_median: float) -> list[DatasetResult | str]:
+def _chunk(seeds: list[int], draws: int, cores: int, noise_median: float,
+           spec: ModelSpec) -> list[DatasetResult | str]:
     """Fit datasets in turn with one CompiledModels: they share the model's structure, so it
     is compiled once per chunk instead of once per dataset."""
     compiled, out = CompiledModels(), []
     for seed in seeds:
         try:
             out.append(calibration_dataset(seed, draws=draws, cores=cores, compiled=compiled,
-                                           noise_median=noise_median))
+                                           noise_median=noise_median, spec=spec))
         except ModelError as err:  # a prior draw the sweep design cannot fit
             out.append(f"dataset seed {seed}: skipped ({err})")
     return out
 
 
 def run(seeds: list[int], *, draws: int, workers: int, quiet: bool,
-        noise_median: float = NOISE_MEDIAN) -> list[DatasetResult]:
+        noise_median: float = NOISE_MEDIAN, spec: ModelSpec | None = None
+        ) -> list[DatasetResult]:
     """Fit every dataset, `workers` processes at a time, in chunks of about a third of each
     worker's share; results in seed order."""
     cores = 1 if workers > 1 else None
@@ -89,7 +92,8 @@ def run(seeds: list[int], *, draws: int, workers: int, quiet: bool,
     results = []
     with (ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
           tqdm(total=len(seeds), disable=quiet, desc="datasets") as bar):
-        futures = [pool.submit(_chunk, c, draws, cores, noise_median) for c in chunks]
+        futures = [pool.submit(_chunk, c, draws, cores, noise_median, spec or ModelSpec())
+                   for c in chunks]
         for future in as_completed(futures):
             for out in future.result():
                 if isinstance(out, str):
@@ -129,6 +133,8 @@ def main() -> None:
                         help="median loss noise of the simulated sweeps, nats/token (default "
                              "%(default)s: the seed-to-seed noise of the shipped sweeps; the "
                              "same seeds give the same laws, optima and grids at any value)")
+    parser.add_argument("--optimizer-curvature", action="store_true",
+                        help="fit ModelSpec(optimizer_curvature=True) instead of the default")
     parser.add_argument("--oracle-only", action="store_true",
                         help="score only the oracle (no fits); last line 'oracle: ...'")
     parser.add_argument("--save", metavar="DIR",
@@ -148,7 +154,8 @@ def main() -> None:
     if args.oracle_only:
         return oracle_only(seeds, quiet=args.quiet)
     results = run(seeds, draws=args.draws, workers=args.workers, quiet=args.quiet,
-                  noise_median=args.noise_median)
+                  noise_median=args.noise_median,
+                  spec=ModelSpec(optimizer_curvature=args.optimizer_curvature))
     if args.save:
         print("scores saved: " + ", ".join(map(str, save_results(results, args.save))))
     s = summarize(results)
