@@ -34,7 +34,7 @@ def run_loglik(post: xr.Dataset, features: Features, spec: ModelSpec,
     params = run_curve_params(flat, features)
     total = np.zeros((n_chain * n_draw, features.n_points))
     ok = ~features.diverged
-    mean = flat["loss_min"][:, features.point_config] + curve.loss_gap(features.log_lr, params)
+    mean = params[curve.LOSS_MIN] + curve.loss_gap(features.log_lr, params)
     total[:, ok] = student_t.logpdf(features.loss[ok], df=spec.noise_nu, loc=mean[:, ok],
                                     scale=flat["noise_sd"][:, None])
     if spec.divergence:
@@ -50,15 +50,15 @@ def run_loglik(post: xr.Dataset, features: Features, spec: ModelSpec,
 def run_curve_params(values: Mapping[str, np.ndarray],
                      features: Features) -> dict[str, np.ndarray]:
     """Each run's curve parameters (..., point) from the model's per-configuration values
-    (..., config: log eta*, curvatures) and per-optimizer wall (..., optimizer), as the
-    likelihood indexes them; `values` may hold posterior draws or a summary of them."""
+    (..., config: log eta*, curvatures, loss floor), per-optimizer wall (..., optimizer) and
+    scalar ceilings (...), as the likelihood indexes them; `values` may hold posterior draws
+    or a summary of them."""
     cfg = features.point_config
     params = {name: values[name][..., cfg] for name in (curve.LOG_ETA, curve.CURV_LEFT,
-                                                        curve.CURV_RIGHT)}
+                                                        curve.CURV_RIGHT, curve.LOSS_MIN)}
     if curve.WALL in values:
         params[curve.WALL] = values[curve.WALL][..., features.config_optimizer[cfg]]
     if curve.CEIL_LOW in values:
-        params[curve.LOSS_MIN] = values[curve.LOSS_MIN][..., cfg]
         for name in (curve.CEIL_LOW, curve.CEIL_HIGH):
             params[name] = np.asarray(values[name])[..., None]
     return params

@@ -67,7 +67,7 @@ from bayeslr.spec import ModelSpec
 
 
 def _chunk(seeds: list[int], draws: int, cores: int, noise_median: float,
-           spec: ModelSpec) -> list[DatasetResult | str]:
+           spec: ModelSpec | None) -> list[DatasetResult | str]:
     """Fit datasets in turn with one CompiledModels: they share the model's structure, so it
     is compiled once per chunk instead of once per dataset."""
     compiled, out = CompiledModels(), []
@@ -92,8 +92,7 @@ def run(seeds: list[int], *, draws: int, workers: int, quiet: bool,
     results = []
     with (ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
           tqdm(total=len(seeds), disable=quiet, desc="datasets") as bar):
-        futures = [pool.submit(_chunk, c, draws, cores, noise_median, spec or ModelSpec())
-                   for c in chunks]
+        futures = [pool.submit(_chunk, c, draws, cores, noise_median, spec) for c in chunks]
         for future in as_completed(futures):
             for out in future.result():
                 if isinstance(out, str):

@@ -300,7 +300,7 @@ def curve_residuals(posterior: Posterior) -> pd.DataFrame:
               for name in (curve.LOG_ETA, *curve.SHAPE_PARAMS, curve.LOSS_MIN)
               if name in post}
     params = run_curve_params(median, f)
-    residual = f.loss - median["loss_min"][f.point_config] - curve.loss_gap(f.log_lr, params)
+    residual = f.loss - params[curve.LOSS_MIN] - curve.loss_gap(f.log_lr, params)
     stable = ~f.diverged
     table = pd.DataFrame({"u": pd.cut(f.log_lr[stable] - params[curve.LOG_ETA][stable],
                                       CURVE_BINS),
