@@ -44,7 +44,9 @@ and the scatter of the configurations' optima around the law (resid_sd), posteri
 (benchmarks/loss_noise.py measures the loss noise between seeds), and the training runs'
 losses minus their fitted curves by distance from the optimum (`curve_residuals`); with
 `--dense`, also how far the fit's own optima at the training configurations that the dense
-sweeps resample lie from those sweeps' optima (`fitted_optima`).
+sweeps resample lie from those sweeps' optima (`fitted_optima`); with `--hold-out horizon`,
+how the training configurations' optima move with the horizon, read off the sweeps and as
+the fit has them (`horizon_slopes`).
 The model is the default ModelSpec with the covariates N, D and batch size;
 `--optimizer-curvature`, `--curve`, `--blowup-gap` and `--prior NAME=MU,SIGMA` change it.
 
@@ -340,6 +342,27 @@ def fitted_optima(posterior: Posterior, table: pd.DataFrame, dense: pd.DataFrame
             f"{int(covered.sum())} of {len(measured)}")
 
 
+def horizon_slopes(posterior: Posterior, train_optima: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer and size, how the training configurations' optima move with the horizon
+    (d ln eta* / d ln D, least squares over the horizons, averaged over batch sizes): as the
+    sweeps are read here (`train_optima`, from `optima`) and as the fit's own posterior
+    medians have them. Own slopes that follow the law's rather than the sweeps' say the fit
+    holds each configuration's optimum to the law."""
+    first = posterior.features.runs.groupby("_config")[CONFIG].first()
+    own = posterior.configs()[["log_eta_median"]].join(first)
+    both = train_optima.merge(own, on=CONFIG)
+    both = both.assign(log_d=np.log(both["tokens"]), sweeps=np.log(both["lr_opt"]),
+                       fit=both["log_eta_median"])
+    rows = []
+    for (optimizer, size), group in both.groupby(["optimizer", "n_params"]):
+        slopes = {column: np.mean([np.polyfit(b["log_d"], b[column], 1)[0]
+                                   for _, b in group.groupby("batch_size")
+                                   if b["log_d"].nunique() > 1] or [np.nan])
+                  for column in ("sweeps", "fit")}
+        rows.append({"optimizer": optimizer, "n_params": size, **slopes})
+    return pd.DataFrame(rows).set_index(["optimizer", "n_params"])
+
+
 def unmeasured(opt: SweepOptimum, lr: float) -> bool:
     """Whether `lr` lies between the sweep's last stable LR and its first diverged one, where
     nothing was measured and `regret` reads the last stable loss (an optimistic reading)."""
@@ -571,6 +594,11 @@ def main() -> None:
            if dense is not None else None)
     if own is not None:
         print(own)
+    if axis == "tokens":
+        print("how the training configurations' optima move with the horizon (d ln eta* / "
+              "d ln D, mean over batch sizes): read off the sweeps, and the fit's own\n"
+              + horizon_slopes(posterior, train_optima).to_string(
+                  float_format=lambda v: f"{v:+.2f}"))
     print(f"held out: {held_out_label(held, axis)}, {len(held)} configurations, "
           f"{seeds_per_sweep(test)} seed(s) per LR averaged{dense_note}\n")
     detail = held[[*CONFIG, "lr_opt", "eta_median", "eta_lo90", "eta_hi90", "recommended",
