@@ -11,6 +11,13 @@ estimated as that median / 0.674 (robust to the rare pair with a loss spike). Pr
 all pairs and for the pairs near their sweep's optimum (seed-mean loss within --near nats
 of the configuration's best seed-mean loss), by optimizer and size.
 
+The sweeps branch every horizon of one LR from one training run (WSD branching: the
+shorter horizons decay off the longer one's constant-LR trunk), so a seed's luck at an LR is
+shared by its horizons. The command prints how much: per sweep, optimizer and size, the
+correlation between horizons of the seed difference (seed 0's loss minus seed 1's at the same
+LR and batch size), which the shared trunk makes positive and independent runs would leave
+near zero.
+
     python benchmarks/loss_noise.py [--near 0.1]
 
 Last line: `loss_noise: sigma_all=<x> sigma_near_optimum=<y> pairs=<n>` (nats/token, over
@@ -22,7 +29,7 @@ from __future__ import annotations
 import argparse
 
 import pandas as pd
-from transfer import CONFIG
+from transfer import CONFIG, horizon_levels
 
 from bayeslr.datasets import dense_jsonl, reference_jsonl
 from bayeslr.fit import as_table
@@ -42,6 +49,27 @@ def seed_pairs(table: pd.DataFrame, near: float) -> pd.DataFrame:
     pairs = pairs[pairs["count"] == 2].reset_index()
     best = pairs.groupby(CONFIG)["mean"].transform("min")
     return pairs.assign(near_optimum=pairs["mean"] - best <= near)
+
+
+def horizon_correlation(table: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer and size: the correlation, over LRs and batch sizes, of the seed
+    difference (seed 0's final validation loss minus seed 1's) between the shortest horizon
+    and each longer one, with the number of (LR, batch size) pairs."""
+    stable = table[~table["diverged"] & table["final_val_loss"].notna()
+                   & table["seed"].isin([0, 1])]
+    stable = stable.assign(horizon=horizon_levels(stable["tokens"]))
+    keys = ["optimizer", "n_params", "batch_size", "lr", "horizon"]
+    loss = stable.pivot_table(index=keys, columns="seed", values="final_val_loss").dropna()
+    diff = (loss[0] - loss[1]).unstack("horizon")
+    rows = []
+    for (optimizer, size), group in diff.groupby(level=["optimizer", "n_params"]):
+        row = {"optimizer": optimizer, "n_params": size}
+        for horizon in group.columns[1:]:
+            both = group[[group.columns[0], horizon]].dropna()
+            row[f"corr_h0_h{horizon}"] = both.corr().iloc[0, 1] if len(both) > 2 else float("nan")
+            row[f"n_h{horizon}"] = len(both)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["optimizer", "n_params"])
 
 
 def sigma(sds: pd.Series) -> float:
@@ -64,6 +92,10 @@ def main() -> None:
         print(f"sigma of the loss (nats/token), {name}:\n" + table.round(4).to_string())
     by_size = near.groupby(["sweep", "n_params"])["std"].agg([sigma, "size"])
     print("near the optimum, by model size:\n" + by_size.round(4).to_string())
+    for name, path in sweeps.items():
+        print(f"{name} sweeps: correlation of the seed difference between the shortest "
+              "horizon (h0) and each longer one (h1, h2), over LRs and batch sizes:\n"
+              + horizon_correlation(as_table(path)).round(2).to_string())
     print(f"loss_noise: sigma_all={sigma(pairs['std']):.4f} "
           f"sigma_near_optimum={sigma(near['std']):.4f} pairs={len(pairs)}")
 

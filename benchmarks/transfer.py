@@ -27,7 +27,10 @@ coarse grid of the small sweeps costs the prediction.
 The fit sees one seed (the first, or `--train-seed`) of the training sizes, as a user's small
 sweeps would. The held-out sweeps are read with all their seeds: losses at one LR are
 averaged, and an LR where any seed diverged counts as diverged
-(bayeslr.baselines.sweep_optimum), so the measured optimum carries less seed noise. With two
+(bayeslr.baselines.sweep_optimum), so the measured optimum carries less seed noise.
+`--unseen-seeds` reads them without the fitted seed: the collectors branch every horizon of
+an LR from one run, so in the horizon transfer a fitted seed's luck at an LR is shared by its
+held-out runs (benchmarks/loss_noise.py measures how much). With two
 or more seeds the run also prints the seed noise floor: the regret of each seed's own optimum
 on another seed's sweep, the best a grid search at the target with one seed could do on a
 fresh seed. The scores against the first seed alone are printed too, and every method's
@@ -62,7 +65,7 @@ in GPU-hours and energy for a user-given target, with the assumptions printed.
                                   [--lr-kind lr|effective] [--no-curvature]
                                   [--optimizer-curvature] [--curve quadratic|wall|saturating]
                                   [--blowup-gap 1.0] [--prior NAME=MU,SIGMA] [--dense]
-                                  [--dense-fit] [--window 2]
+                                  [--dense-fit] [--unseen-seeds] [--window 2]
                                   [--plot FILE.png]
 
 Last line: `transfer: regret_pct=<x> ols_regret_pct=<y> coverage90=<z> compute_ratio=<r>`
@@ -137,6 +140,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dense-fit", action="store_true",
                         help="fit the training sweeps that the shipped dense sweeps resample "
                              "(of 24.9k .. 4.73M) with their dense runs in")
+    parser.add_argument("--unseen-seeds", action="store_true",
+                        help="score against the held-out runs of the seeds the fit did not "
+                             "see (the held-out horizon branches from the fitted runs)")
     parser.add_argument("--window", type=int, default=WINDOW,
                         help="read each held-out sweep's optimum from a quadratic through "
                              "this many stable points on each side of its argmin (default "
@@ -234,6 +240,20 @@ def optima(table: pd.DataFrame, window: int = WINDOW) -> pd.DataFrame:
                      "lr_argmin": opt.lr_argmin, "lr_opt": opt.lr_opt,
                      "loss_opt": opt.loss_opt})
     return pd.DataFrame(rows)
+
+
+def unseen_seeds(test: pd.DataFrame, dense: pd.DataFrame | None,
+                 train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The held-out runs (and dense runs) of the seeds that `train` does not have. The
+    sweeps branch every horizon of an LR from one run (WSD branching), so a fitted seed's
+    luck at an LR is shared by its held-out horizon's runs; other seeds' runs are free of
+    it."""
+    seen = train["seed"].unique()
+    unseen = test[~test["seed"].isin(seen)]
+    if unseen.empty:
+        raise SystemExit(f"--unseen-seeds: the held-out runs have no seed besides the fitted "
+                         f"{sorted(seen.tolist())}")
+    return unseen, None if dense is None else dense[~dense["seed"].isin(seen)]
 
 
 def with_dense(test: pd.DataFrame, dense: pd.DataFrame) -> pd.DataFrame:
@@ -561,7 +581,10 @@ def main() -> None:
     diag = posterior.diagnostics()
     n_lrs = int(train.groupby(CONFIG)["lr"].nunique().median())
     ratio = compute_ratio(train, test, n_lrs)
-    test, dense_note = (dense_resampled(test, dense, "scored against") if args.dense
+    scored_dense = dense
+    if args.unseen_seeds:
+        test, scored_dense = unseen_seeds(test, dense, train)
+    test, dense_note = (dense_resampled(test, scored_dense, "scored against") if args.dense
                         else (test, ""))
     held = optima(test, args.window)
     train_optima = optima(train)
