@@ -109,7 +109,10 @@ def run(arguments: list[str], path: Path) -> Result:
     else from a new run whose output is written there (via a partial file, renamed when the
     run succeeds, so a killed run leaves no log that looks complete)."""
     if path.exists():
-        return parse_log(path.read_text(), path)
+        try:
+            return parse_log(path.read_text(), path)
+        except ValueError as err:
+            raise SystemExit(f"{err}; remove it to run that setup again") from None
     partial = path.with_suffix(".part")
     with partial.open("w") as out:
         done = subprocess.run([sys.executable, str(TRANSFER), *arguments], stdout=out,
