@@ -83,19 +83,19 @@ def main() -> None:
                         help="nats above a configuration's best loss that count as near its "
                              "optimum (default 0.1)")
     args = parser.parse_args()
-    sweeps = {"reference": reference_jsonl(), "dense": dense_jsonl()}
-    pairs = pd.concat([seed_pairs(as_table(path), args.near).assign(sweep=name)
-                       for name, path in sweeps.items()], ignore_index=True)
+    tables = {"reference": as_table(reference_jsonl()), "dense": as_table(dense_jsonl())}
+    pairs = pd.concat([seed_pairs(table, args.near).assign(sweep=name)
+                       for name, table in tables.items()], ignore_index=True)
     near = pairs[pairs["near_optimum"]]
     for name, group in (("all LRs", pairs), (f"within {args.near:g} nats of the optimum", near)):
         table = group.groupby(["sweep", "optimizer"])["std"].agg([sigma, "size"])
         print(f"sigma of the loss (nats/token), {name}:\n" + table.round(4).to_string())
     by_size = near.groupby(["sweep", "n_params"])["std"].agg([sigma, "size"])
     print("near the optimum, by model size:\n" + by_size.round(4).to_string())
-    for name, path in sweeps.items():
+    for name, table in tables.items():
         print(f"{name} sweeps: correlation of the seed difference between the shortest "
               "horizon (h0) and each longer one (h1, h2), over LRs and batch sizes:\n"
-              + horizon_correlation(as_table(path)).round(2).to_string())
+              + horizon_correlation(table).round(2).to_string())
     print(f"loss_noise: sigma_all={sigma(pairs['std']):.4f} "
           f"sigma_near_optimum={sigma(near['std']):.4f} pairs={len(pairs)}")
 
