@@ -8,6 +8,7 @@ of LRs, nats/token, exponents as d ln eta* / d ln x.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -18,7 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeslr import curve, law, posterior_io
-from bayeslr.design import target_design
+from bayeslr.design import TargetDesign, target_design
 from bayeslr.errors import DataWarning, PosteriorError
 from bayeslr.features import Features, build_features
 from bayeslr.schema import DIMS
@@ -186,7 +187,8 @@ class Posterior:
         around the law (the prediction for a run you will actually do); False gives the law's
         own uncertainty. Returns dims (sample, target) with log_eta, log_eta_law and the
         parameters of bayeslr.curve; `extrapolation` (attr and coordinate) is the distance of
-        each target outside the training data (standardized units, 0 inside). A saturating
+        each target outside the training data (standardized units, 0 inside). Each target's
+        draws come from a random stream of its own (`_target_streams`). A saturating
         curve's ceilings are left out: a target's loss floor is not modelled, and the
         unbounded quadratic can only overstate a gap.
         """
@@ -195,30 +197,33 @@ class Posterior:
                                optimizers=f.optimizers, families=f.families)
         post = _stacked(self.idata.posterior.dataset)
         rng = np.random.default_rng(seed)
-        n_samples, n_targets = len(post[law.INTERCEPT]), len(targets)
+        n_samples = len(post[law.INTERCEPT])
         theta = _with_new_family(post, rng, len(f.families))
         law_mean = law.law_mean(theta, design.z, design.q, design.optimizer, design.family)
-        noise = rng.standard_normal((3, n_samples, n_targets)) * include_residual
-        log_eta = law_mean + post[law.RESID_SD][:, None] * noise[0]
+        noise = _target_streams(seed, design, n_samples)
+        residual = noise[:3] * include_residual
+        log_eta = law_mean + post[law.RESID_SD][:, None] * residual[0]
         if "ratio_intercept" in post:
             ratio = {law.INTERCEPT: post["ratio_intercept"]}
             if "ratio_slope" in post:
                 ratio[law.SLOPE] = post["ratio_slope"]
             shift = law.law_mean(ratio, design.z, design.q, design.optimizer, design.family)
-            log_eta = log_eta - shift - post["ratio_sd"][:, None] * noise[1]
+            log_eta = log_eta - shift - post["ratio_sd"][:, None] * residual[1]
             law_mean = law_mean - shift
         opt = design.optimizer
-        log_k = post["log_curv_mean"][:, opt] + post["curv_sd"][:, None] * noise[2]
+        log_k = post["log_curv_mean"][:, opt] + post["curv_sd"][:, None] * residual[2]
         half = 0.5 * post["curv_asym"][:, opt]
         params = {curve.LOG_ETA: log_eta, "log_eta_law": law_mean,
                   curve.CURV_LEFT: np.exp(log_k - half), curve.CURV_RIGHT: np.exp(log_k + half)}
         if curve.WALL in post:
             params[curve.WALL] = post[curve.WALL][:, opt]
-        params.update(self._divergence_draws(post, opt, rng))
+        params.update(self._divergence_draws(post, opt, noise[3:]))
         return _curve_dataset(params, targets, design.extrapolation)
 
     def _divergence_draws(self, post: dict[str, np.ndarray], opt: np.ndarray,
-                          rng: np.random.Generator) -> dict[str, np.ndarray]:
+                          noise: np.ndarray) -> dict[str, np.ndarray]:
+        """Divergence boundary per sample and target; from the prior (with `noise`, standard
+        normal (2, sample, target)) when the fit did not model divergence."""
         n = len(post[law.INTERCEPT])
         if curve.DIV_OFFSET in post:
             return {curve.DIV_OFFSET: post[curve.DIV_OFFSET][:, opt],
@@ -227,9 +232,9 @@ class Posterior:
         from bayeslr.priors import DEFAULT_PRIORS
 
         out = {}  # divergence not modelled (spec.divergence=False): draws from the prior
-        for name in (curve.DIV_OFFSET, curve.DIV_SCALE):
+        for name, z in zip((curve.DIV_OFFSET, curve.DIV_SCALE), noise, strict=True):
             prior = self.info.get("priors", {}).get(name) or vars(DEFAULT_PRIORS[name])
-            out[name] = np.exp(prior["mu"] + prior["sigma"] * rng.standard_normal((n, len(opt))))
+            out[name] = np.exp(prior["mu"] + prior["sigma"] * z)
         return out
 
     # ---- persistence ---------------------------------------------------------------------
@@ -272,6 +277,27 @@ def _stacked(post: xr.Dataset) -> dict[str, np.ndarray]:
         values = da.values
         out[name] = values.reshape((-1,) + values.shape[2:])
     return out
+
+
+TARGET_STREAMS = 5
+"""Standard normal draws per sample that each target gets from its own random stream: its
+scatter around the law, its LR-ratio scatter, its curvature, and two for a divergence
+boundary drawn from the prior."""
+
+
+def _target_streams(seed: int, design: TargetDesign, n_samples: int) -> np.ndarray:
+    """(TARGET_STREAMS, sample, target) standard normals, each target's from a stream keyed by
+    `seed` and its design row (covariates, curvature columns, optimizer, family), so a target's
+    prediction does not depend on which other targets are asked for with it, or in what
+    order."""
+    columns = []
+    for j in range(len(design.optimizer)):
+        row = np.concatenate([np.round(design.z[j], 10), np.round(design.q[j], 10),
+                              [design.optimizer[j], design.family[j]]]).astype(float) + 0.0
+        key = int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
+        columns.append(np.random.default_rng([seed, key]).standard_normal(
+            (TARGET_STREAMS, n_samples)))
+    return np.stack(columns, axis=-1)
 
 
 def _with_new_family(post: dict[str, np.ndarray], rng: np.random.Generator,

@@ -42,6 +42,20 @@ def test_predict_lr_intervals_are_nested_and_vectorised(posterior):
     assert table.loc[2, "eta_median"] < table.loc[0, "eta_median"]
 
 
+def test_a_targets_prediction_does_not_depend_on_the_other_targets(posterior):
+    targets = pd.DataFrame({"n_params": [2e5, 8e5, 3.2e6], "tokens": [1e8] * 3,
+                            "batch_size": [32] * 3, "optimizer": ["adamw", "sgd", "sgd"]})
+    together = predict_lr(posterior, targets, seed=3)
+    reversed_order = predict_lr(posterior, targets.iloc[::-1].reset_index(drop=True), seed=3)
+    for i in range(len(targets)):
+        alone = predict_lr(posterior, targets.iloc[[i]].reset_index(drop=True), seed=3)
+        pd.testing.assert_frame_equal(alone, together.iloc[[i]].reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            alone, reversed_order.iloc[[len(targets) - 1 - i]].reset_index(drop=True))
+    other_seed = predict_lr(posterior, targets, seed=4)
+    assert not np.allclose(together["eta_lo90"], other_seed["eta_lo90"])
+
+
 def test_predictive_intervals_cover_the_simulated_truth(fitted):
     sweep, posterior = fitted
     truth = sweep.truth.reset_index()
