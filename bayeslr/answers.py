@@ -132,7 +132,8 @@ def predict_lr(posterior: LRModel, targets: Any, *, seed: int = 0,
     for each mass p in `probs` (e.g. eta_lo90, eta_hi90: the 5% and 95% quantiles),
     `log10_eta_sd` (posterior sd of log10 eta*, a width in decades) and `extrapolation`.
     These are posterior predictive intervals for a new configuration: law uncertainty plus
-    the configuration-level scatter around the law.
+    the configuration-level scatter around the law. With a bayeslr Posterior, a target's row
+    depends on `seed` and the target alone, not on the other targets asked for with it.
     """
     draws = draw(posterior, targets, seed=seed, warn_beyond=warn_beyond)
     table = draws.targets.copy()
