@@ -48,6 +48,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import pandas as pd
+from fixed_kernels import fix_kernels
 from tqdm import tqdm
 
 from bayeslr.calibration import (
@@ -122,6 +123,7 @@ def oracle_only(seeds: list[int], *, quiet: bool) -> None:
 
 
 def main() -> None:
+    fix_kernels()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)

@@ -55,6 +55,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from fixed_kernels import fix_kernels
 from transfer import CONFIG, COVARIATES, first_seed, optima, seed_noise, with_dense
 
 from bayeslr.answers import predict_lr
@@ -100,6 +101,7 @@ def model_optima(train: pd.DataFrame, targets: pd.DataFrame, seed: int) -> np.nd
 
 
 def main() -> None:
+    fix_kernels()
     args = parse_args()
     reference = as_table(reference_jsonl())
     paths = args.sweeps or [dense_jsonl()]

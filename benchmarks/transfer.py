@@ -81,6 +81,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from fixed_kernels import fix_kernels
 
 from bayeslr import curve
 from bayeslr.answers import predict_lr
@@ -560,6 +561,7 @@ def plot(held: pd.DataFrame, path: str, axis: str) -> None:
 
 
 def main() -> None:
+    fix_kernels()
     args = parse_args()
     table = as_table(args.sweep or reference_jsonl())
     axis = AXIS[args.hold_out]

@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fixed_kernels import fix_kernels
 from tqdm import tqdm
 
 TRANSFER = Path(__file__).with_name("transfer.py")
@@ -142,6 +143,7 @@ def row(name: str, results: list[Result]) -> str:
 
 
 def main() -> None:
+    fix_kernels()
     args = parse_args()
     args.logs.mkdir(parents=True, exist_ok=True)
     names = args.only or list(SETUPS)
