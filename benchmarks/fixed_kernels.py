@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import warnings
 
 FIXED_KERNELS = {
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
@@ -37,9 +38,15 @@ def fix_kernels() -> None:
 
 
 def has_avx2() -> bool:
-    """Whether this is an x86-64 CPU with AVX2 and FMA, as NumPy detected it."""
+    """Whether this is an x86-64 CPU with AVX2 and FMA, as NumPy detected it (the table that
+    `numpy.show_runtime` reads; a NumPy without it gets a warning and the CPU's own kernels)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    from numpy._core._multiarray_umath import __cpu_features__
-
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        warnings.warn("fixed_kernels: this NumPy does not say which SIMD features the CPU "
+                      "has; running with the CPU's own kernels, so posterior figures may "
+                      "differ from the documented ones by Monte Carlo noise", stacklevel=2)
+        return False
     return bool(__cpu_features__.get("AVX2") and __cpu_features__.get("FMA3"))

@@ -61,3 +61,9 @@ def test_a_value_the_user_set_is_kept(tmp_path):
     seen = run_script(tmp_path, OPENBLAS_CORETYPE="Zen")
     assert seen["env"]["OPENBLAS_CORETYPE"] == "Zen"
     assert seen["env"]["NPY_DISABLE_CPU_FEATURES"] == "X86_V4 AVX512_ICL AVX512_SPR"
+
+
+def test_a_numpy_that_hides_its_cpu_features_leaves_the_kernels_alone(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numpy._core._multiarray_umath", None)
+    with pytest.warns(UserWarning, match="CPU's own kernels"):
+        assert load_fixed_kernels().has_avx2() is False
