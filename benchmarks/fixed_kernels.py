@@ -2,12 +2,10 @@
 figures on every x86-64 CPU with AVX2, with or without AVX-512.
 
 NumPy picks SIMD kernels for the CPU it runs on when it is imported, and OpenBLAS a set of
-kernels for that CPU; their results differ in the last bits between CPUs. A fit computed
-with them inherits those bits, and the sampler's chains amplify them into another Monte
-Carlo draw of the same posterior. Measured: seed 0's three-size transfer fit, scored densely
-at 4.73M, printed a median regret of 2.357% (max R-hat 1.007) with an AVX-512 CPU's kernels
-and 2.577% (1.014) with AVX2's, and 2.454% or 2.569% with only one of the two fixed. The
-main tables in docs/ were measured with AVX2's."""
+kernels for that CPU; their results differ in the last bits between CPUs, and the sampler's
+chains amplify them into another Monte Carlo draw of the same posterior (measured in
+docs/model.md, "Fitting and diagnostics"). The main tables in docs/ were measured with
+AVX2's kernels. Importing this module does nothing; `fix_kernels()` does the fixing."""
 
 from __future__ import annotations
 
